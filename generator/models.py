@@ -1,0 +1,161 @@
+"""Typed, frozen models: the only shapes that travel past the validation boundary (loading.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import UserError
+
+Review = Literal["pull-request", "direct"]
+
+
+@dataclass(frozen=True)
+class ForgeSettings:
+    type: str  # github | gitea | forgejo | gitlab
+    api: str
+    repo: str  # owner/name (GitLab: the project path)
+    token_env: str
+
+
+@dataclass(frozen=True)
+class GitOpsSettings:
+    repo: str
+    branch: str = "main"
+    review: Review = "pull-request"
+    forge: ForgeSettings | None = None
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    class_name: str = "nginx"
+    cluster_issuer: str | None = None
+
+
+@dataclass(frozen=True)
+class Platform:
+    """`cupaas.yaml` of the control repo."""
+
+    domain: str
+    registry: str
+    gitops: GitOpsSettings
+    environment: str = "production"
+    ingress: IngressSettings = field(default_factory=IngressSettings)
+    sealing_cert: str = "sealing-cert.pem"  # path relative to the control repo
+    runtimes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppRegistration:
+    """`apps/<name>.yaml` of the control repo."""
+
+    name: str
+    repo: str
+    branch: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict)  # sealed ciphertexts only
+    replicas: int = 1
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The `.cupaas` file at the root of an app repo."""
+
+    runtime: str
+    services: tuple[str, ...] = ()
+    run: str | None = None
+    port: int = 8080
+    healthcheck: str | None = None
+    dockerfile: str | None = None  # build with the app's own Dockerfile instead of the runtime's
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record written to release.yaml; omits unset optional fields so it stays short."""
+        out: dict[str, Any] = {"runtime": self.runtime}
+        if self.services:
+            out["services"] = list(self.services)
+        if self.run is not None:
+            out["run"] = self.run
+        out["port"] = self.port
+        if self.healthcheck is not None:
+            out["healthcheck"] = self.healthcheck
+        if self.dockerfile is not None:
+            out["dockerfile"] = self.dockerfile
+        return out
+
+
+@dataclass(frozen=True)
+class ControlRepo:
+    path: str
+    platform: Platform
+    apps: Mapping[str, AppRegistration]
+
+    def app(self, name: str) -> AppRegistration:
+        try:
+            return self.apps[name]
+        except KeyError:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise UserError(
+                f"{self.path}/apps/{name}.yaml: no such app is registered (registered apps: {known})"
+            ) from None
+
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REPO = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$", re.IGNORECASE)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image pinned by digest: ``repository[:tag]@sha256:<hex>``."""
+
+    repository: str
+    digest: str
+    tag: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ImageRef:
+        """Parse a full reference; raise ValueError with the expected form when it is not one."""
+        name, sep, digest = text.strip().partition("@")
+        if not sep or not _DIGEST.match(digest):
+            raise ValueError(
+                f"{text!r} is not pinned by digest; expected host/repo[:tag]@sha256:<64 hex digits>"
+            )
+        tag = None
+        last = name.rsplit("/", 1)[-1]
+        if ":" in last:
+            name, tag = name.rsplit(":", 1)
+            if not _TAG.match(tag):
+                raise ValueError(f"{text!r} has an invalid tag {tag!r}")
+        if not name or not _REPO.match(name):
+            raise ValueError(f"{text!r} has an invalid repository name {name!r}")
+        return cls(repository=name, digest=digest, tag=tag)
+
+    def __str__(self) -> str:
+        tag = f":{self.tag}" if self.tag else ""
+        return f"{self.repository}{tag}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a runtime plugin decided for one source tree (see generator/runtimes.py)."""
+
+    runtime: str
+    dependencies: str  # the file dependencies are installed from, or "none"
+    start_command: str | None  # None: the image's own CMD (app-supplied Dockerfile without `run`)
+    start_command_source: str  # human readable: ".cupaas run", "Procfile web:", "detected Flask app in app.py"
+    dockerfile: str  # full Dockerfile text the builder uses
+
+
+@dataclass(frozen=True)
+class Release:
+    """What is deployed for one app: `apps/<app>/release.yaml` in the GitOps repo."""
+
+    app: str
+    commit: str | None
+    image: ImageRef
+    config: AppConfig
+    start_command: str | None
+    start_command_source: str

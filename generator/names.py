@@ -1,0 +1,25 @@
+"""The single validator every user-supplied name passes before it becomes a path, tag, ref or k8s name."""
+
+from __future__ import annotations
+
+import re
+
+APP_NAME_MAX = 40
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def is_app_name(name: str) -> bool:
+    """An app name is a DNS-1123 label of at most 40 characters."""
+    return len(name) <= APP_NAME_MAX and bool(_DNS1123_LABEL.match(name))
+
+
+def is_dns_label(name: str, max_len: int = 63) -> bool:
+    return len(name) <= max_len and bool(_DNS1123_LABEL.match(name))
+
+
+def is_env_name(name: str) -> bool:
+    return bool(_ENV_NAME.match(name))
+
+
+APP_NAME_RULE = "use lowercase letters, digits and '-', start and end with a letter or digit, at most 40 characters"
