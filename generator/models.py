@@ -103,7 +103,7 @@ class ControlRepo:
 
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_REPO = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$", re.IGNORECASE)
+_REPO = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 

@@ -1,0 +1,156 @@
+"""The `cupaas` command line. The one place that turns a CupaasError into a message and exit code 1."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, names
+from .errors import CupaasError, ValidationErrors
+from .gitops_tree import apply, read_release
+from .layout import AppLayout
+from .loading import PLATFORM_FILE, load_control_repo, parse_yaml, platform_from_raw, schema_errors
+from .models import ImageRef, Release
+from .plugins import PluginRegistry
+from .releases import cert_sealer, commit_of, parse_assignment, release_from_source, render_control
+from .sealing import SealingCert, seal
+from .source import DirectorySource
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    for line in message.splitlines():
+        click.echo(f"error: {line}" if not line.startswith(" ") else line, err=True)
+
+
+def user_errors(func: F) -> F:
+    """Map every CupaasError to `error: ...` lines on stderr and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ValidationErrors as e:
+            _fail(str(e))
+            click.echo(f"{len(e.errors)} problem(s) found; nothing was written.", err=True)
+            sys.exit(1)
+        except CupaasError as e:
+            _fail(str(e))
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cupaas")
+def cli() -> None:
+    """cupaas: git push deploys for your own Kubernetes cluster, through Argo CD."""
+
+
+@cli.command()
+@click.argument("control_dir", type=click.Path(file_okay=False, path_type=Path))
+@user_errors
+def validate(control_dir: Path) -> None:
+    """Validate every file of a control repo."""
+    control = load_control_repo(control_dir)
+    click.echo(f"{control.path}: ok ({len(control.apps)} app(s): {', '.join(control.apps) or 'none'})")
+
+
+@cli.command()
+@click.argument("control_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The GitOps repo checkout to write.")
+@click.option("--app", "only", help="Render only this app (others are left as they are).")
+@click.option("--source", "sources", multiple=True, metavar="APP=DIR",
+              help="A checkout of the app: its .cupaas is used (repeatable).")
+@click.option("--image", "images", multiple=True, metavar="APP=REF",
+              help="The app's image, pinned by digest: host/repo[:tag]@sha256:<digest> (repeatable).")
+@user_errors
+def render(control_dir: Path, out: Path, only: str | None, sources: Sequence[str], images: Sequence[str]) -> None:
+    """Render the GitOps tree (no build)."""
+    control = load_control_repo(control_dir)
+    registry = PluginRegistry()
+    source_dirs = dict(parse_assignment(s, "--source") for s in sources)
+    image_refs: dict[str, ImageRef] = {}
+    for text in images:
+        app, ref = parse_assignment(text, "--image")
+        try:
+            image_refs[app] = ImageRef.parse(ref)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--image") from None
+    for app in [*source_dirs, *image_refs]:
+        control.app(app)
+    if only and not set([*source_dirs, *image_refs]) <= {only}:
+        raise click.BadParameter("with --app, --source and --image may only name that app")
+    releases: dict[str, Release] = {}
+    for app in sorted(set(source_dirs) | set(image_refs)):
+        recorded = read_release(out, app, control.platform.environment)
+        image = image_refs.get(app) or (recorded.image if recorded else None)
+        if image is None:
+            raise CupaasError(f"app {app!r}: no image; pass --image {app}=REF (nothing is recorded in {out})")
+        if app in source_dirs:
+            directory = Path(source_dirs[app])
+            if not directory.is_dir():
+                raise CupaasError(f"--source {app}={directory}: not a directory")
+            releases[app] = release_from_source(control, app, DirectorySource(directory), image, None,
+                                                registry, shown=f"{directory}/.cupaas")
+        elif recorded is not None:
+            same = recorded.image == image
+            releases[app] = Release(app=app, commit=recorded.commit if same else commit_of(image),
+                                    image=image, config=recorded.config,
+                                    start_command=recorded.start_command,
+                                    start_command_source=recorded.start_command_source)
+        else:
+            raise CupaasError(f"app {app!r}: no .cupaas; pass --source {app}=DIR (nothing is recorded in {out})")
+    cert = SealingCert.load(Path(control_dir) / control.platform.sealing_cert)
+    result = render_control(control, out, releases, only, registry, cert_sealer(cert))
+    changed = apply(out, result.files, result.rendered_apps, result.removed_apps, result.seeded)
+    for app in result.removed_apps:
+        click.echo(f"removed app {app}")
+    click.echo(f"rendered {len(result.rendered_apps)} app(s) into {out}: {len(changed)} file(s) changed")
+
+
+@cli.command(name="seal")
+@click.argument("control_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("app")
+@click.argument("key")
+@click.option("--value", help="The secret value (read from standard input when not given).")
+@user_errors
+def seal_command(control_dir: Path, app: str, key: str, value: str | None) -> None:
+    """Print KEY's value sealed for APP's namespace, ready to paste under `secrets:`."""
+    platform_file = f"{control_dir}/{PLATFORM_FILE}"
+    try:
+        text = (control_dir / PLATFORM_FILE).read_text(encoding="utf-8")
+    except OSError:
+        raise CupaasError(f"{platform_file}: cannot be read; is {control_dir} a control repo?") from None
+    raw = parse_yaml(text, platform_file)
+    found = schema_errors(raw, "cupaas", platform_file)
+    if found:
+        raise ValidationErrors(found)
+    platform = platform_from_raw(raw)
+    if not names.is_app_name(app):
+        raise CupaasError(f"app {app!r}: not a valid app name: {names.APP_NAME_RULE}")
+    if not names.is_env_name(key):
+        raise CupaasError(f"key {key!r}: use letters, digits and '_', not starting with a digit")
+    if value is None:
+        if sys.stdin.isatty():
+            click.echo(f"Type the value of {key}, then Ctrl-D:", err=True)
+        value = sys.stdin.read()
+        value = value[:-1] if value.endswith("\n") else value
+    if value == "":
+        raise CupaasError(f"the value of {key} is empty; pass --value or pipe it on standard input")
+    if not (control_dir / "apps" / f"{app}.yaml").is_file():
+        click.echo(f"note: app {app!r} is not registered yet in {control_dir}/apps/", err=True)
+    layout = AppLayout(app, platform.environment)
+    cert = SealingCert.load(control_dir / platform.sealing_cert)
+    click.echo(seal(cert, value, layout.namespace, layout.secret))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="cupaas")

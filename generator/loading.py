@@ -1,0 +1,300 @@
+"""The validation boundary: raw YAML → JSON Schema check → frozen models.
+
+Every error names the file and the field and says what to change; nothing past this module sees raw
+YAML. Secret values never appear in a message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from . import names
+from .errors import UserError, ValidationError, ValidationErrors
+from .models import (
+    AppConfig,
+    AppRegistration,
+    ControlRepo,
+    ForgeSettings,
+    GitOpsSettings,
+    ImageRef,
+    IngressSettings,
+    Platform,
+    Release,
+)
+from .sealing import SealingCert, check_sealed_value
+from .source import SourceTree
+
+PLATFORM_FILE = "cupaas.yaml"
+APPS_DIR = "apps"
+DOTCUPAAS = ".cupaas"
+RESERVED_ENV = frozenset({"PORT"})
+_SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+
+@cache
+def _validator(schema: str) -> jsonschema.Draft202012Validator:
+    data = json.loads((_SCHEMA_DIR / f"{schema}.schema.json").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(data)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
+            float: "a number", type(None): "empty (null)"}.get(type(value), type(value).__name__)
+
+
+def _field(path: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _describe(error: jsonschema.ValidationError, secret: bool) -> tuple[str, str]:
+    """Turn one jsonschema error into (field, message) a person can act on."""
+    path = list(error.absolute_path)
+    hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
+    v = error.validator
+    if v == "required":
+        missing = next((p for p in error.validator_value if p not in error.instance), "?")
+        return _field([*path, missing]), "is required"
+    if v == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        return _field([*path, extra[0] if extra else "?"]), (
+            f"unknown field; allowed fields here: {', '.join(allowed)}" if allowed else "unknown field"
+        )
+    if "propertyNames" in error.schema_path:
+        name_hint = hint or "invalid name"
+        return _field([*path, str(error.instance)]), f"invalid name: {name_hint}"
+    if v == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        msg = f"must be {expected}, not {_type_name(error.instance)}"
+    elif v == "enum":
+        msg = "must be one of: " + ", ".join(str(x) for x in error.validator_value)
+    elif v in ("pattern", "format") and not secret:
+        msg = f"{error.instance!r} is not valid"
+    elif secret:
+        msg = "is not valid"
+    else:
+        msg = error.message
+    if hint:
+        msg = f"{msg} ({hint})"
+    return _field(path), msg
+
+
+def schema_errors(raw: Any, schema: str, file: str, secret_fields: tuple[str, ...] = ()) -> list[ValidationError]:
+    out = []
+    for error in sorted(_validator(schema).iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path]):
+        top = str(error.absolute_path[0]) if error.absolute_path else ""
+        field, msg = _describe(error, secret=top in secret_fields)
+        out.append(ValidationError(file, field, msg))
+    return out
+
+
+def parse_yaml(text: str, file: str) -> dict[str, Any]:
+    """Parse one YAML document that must be a mapping."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ValidationError(file, "", f"{where}{problem} (fix the YAML syntax)") from None
+    if data is None:
+        raise ValidationError(file, "", "the file is empty; it must be a YAML mapping")
+    if not isinstance(data, dict):
+        raise ValidationError(file, "", f"must be a YAML mapping of fields, not {_type_name(data)}")
+    return data
+
+
+def _read(path: Path, file: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValidationError(file, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValidationError(file, "", f"cannot be read: {e.__class__.__name__}") from None
+
+
+def platform_from_raw(raw: dict[str, Any]) -> Platform:
+    gitops = raw["gitops"]
+    forge = gitops.get("forge")
+    ingress = raw.get("ingress", {})
+    return Platform(
+        domain=raw["domain"],
+        registry=raw["registry"],
+        environment=raw.get("environment", "production"),
+        gitops=GitOpsSettings(
+            repo=gitops["repo"],
+            branch=gitops.get("branch", "main"),
+            review=gitops.get("review", "pull-request"),
+            forge=ForgeSettings(**forge) if forge else None,
+        ),
+        ingress=IngressSettings(class_name=ingress.get("class", "nginx"),
+                                cluster_issuer=ingress.get("cluster_issuer")),
+        sealing_cert=raw.get("sealing", {}).get("cert", "sealing-cert.pem"),
+        runtimes={k: dict(v) for k, v in sorted(raw.get("runtimes", {}).items())},
+    )
+
+
+def _env_value(value: str | int | float) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def app_from_raw(name: str, raw: dict[str, Any], file: str) -> AppRegistration:
+    errors: list[ValidationError] = []
+    env = {k: _env_value(v) for k, v in sorted(raw.get("env", {}).items())}
+    secrets = dict(sorted(raw.get("secrets", {}).items()))
+    for key, value in secrets.items():
+        reason = check_sealed_value(value)
+        if reason:
+            errors.append(ValidationError(
+                file, f"secrets.{key}",
+                f"is not a sealed value ({reason}); never put plaintext here: seal it with "
+                f"`cupaas seal CONTROL_DIR {name} {key}` and paste the output",
+            ))
+    for key in sorted(set(env) & set(secrets)):
+        errors.append(ValidationError(file, f"secrets.{key}", "is also set under env; keep it in one place"))
+    for key in sorted((set(env) | set(secrets)) & RESERVED_ENV):
+        where = "env" if key in env else "secrets"
+        errors.append(ValidationError(file, f"{where}.{key}", "is set by cupaas (from .cupaas `port`); remove it"))
+    if errors:
+        raise ValidationErrors(errors)
+    return AppRegistration(
+        name=name,
+        repo=raw["repo"],
+        branch=raw["branch"],
+        env=env,
+        secrets=secrets,
+        replicas=raw.get("replicas", 1),
+        domains=tuple(raw.get("domains", ())),
+    )
+
+
+def _collect(errors: list[ValidationError], exc: ValidationError | ValidationErrors) -> None:
+    errors.extend(exc.errors if isinstance(exc, ValidationErrors) else [exc])
+
+
+def load_control_repo(control_dir: str | Path, check_cert: bool = True) -> ControlRepo:
+    """Load and validate every file of a control repo; report all problems at once."""
+    root = Path(control_dir)
+    shown = str(control_dir).rstrip("/") or "."
+    errors: list[ValidationError] = []
+    if not root.is_dir():
+        raise ValidationError(shown, "", "is not a directory; pass the path of a control repo checkout")
+
+    platform_file = f"{shown}/{PLATFORM_FILE}"
+    platform: Platform | None = None
+    try:
+        raw = parse_yaml(_read(root / PLATFORM_FILE, platform_file), platform_file)
+        found = schema_errors(raw, "cupaas", platform_file)
+        if found:
+            raise ValidationErrors(found)
+        platform = platform_from_raw(raw)
+    except (ValidationError, ValidationErrors) as e:
+        _collect(errors, e)
+
+    apps: dict[str, AppRegistration] = {}
+    apps_dir = root / APPS_DIR
+    files = sorted(apps_dir.iterdir()) if apps_dir.is_dir() else []
+    for path in files:
+        file = f"{shown}/{APPS_DIR}/{path.name}"
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if path.suffix == ".yml":
+            errors.append(ValidationError(file, "", f"rename it to {path.stem}.yaml (app files end in .yaml)"))
+            continue
+        if path.suffix != ".yaml":
+            continue
+        name = path.stem
+        if not names.is_app_name(name):
+            errors.append(ValidationError(file, "", f"{name!r} is not a valid app name: {names.APP_NAME_RULE}"))
+            continue
+        try:
+            raw = parse_yaml(_read(path, file), file)
+            found = schema_errors(raw, "app", file, secret_fields=("secrets",))
+            if found:
+                raise ValidationErrors(found)
+            apps[name] = app_from_raw(name, raw, file)
+        except (ValidationError, ValidationErrors) as e:
+            _collect(errors, e)
+
+    if platform is not None:
+        errors.extend(_check_hosts(platform, apps, shown))
+        if check_cert:
+            errors.extend(_check_cert(root, platform, platform_file))
+    if errors:
+        raise ValidationErrors(errors)
+    assert platform is not None
+    return ControlRepo(path=shown, platform=platform, apps=apps)
+
+
+def _check_hosts(platform: Platform, apps: Mapping[str, AppRegistration], shown: str) -> list[ValidationError]:
+    """Two apps must never claim the same host: the second Ingress would silently steal traffic."""
+    owner: dict[str, str] = {f"{n}.{platform.domain}": n for n in apps}
+    errors = []
+    for name, app in apps.items():
+        for i, host in enumerate(app.domains):
+            other = owner.setdefault(host, name)
+            if other != name:
+                errors.append(ValidationError(f"{shown}/{APPS_DIR}/{name}.yaml", f"domains.{i}",
+                                              f"{host!r} is already the host of app {other!r}"))
+    return errors
+
+
+def _check_cert(root: Path, platform: Platform, platform_file: str) -> list[ValidationError]:
+    try:
+        SealingCert.load(root / platform.sealing_cert)
+    except UserError as e:
+        return [ValidationError(platform_file, "sealing.cert", str(e))]
+    return []
+
+
+def parse_app_config(text: str, file: str = DOTCUPAAS) -> AppConfig:
+    raw = parse_yaml(text, file)
+    found = schema_errors(raw, "dotcupaas", file)
+    if found:
+        raise ValidationErrors(found)
+    return AppConfig(
+        runtime=raw["runtime"],
+        services=tuple(raw.get("services", ())),
+        run=raw.get("run"),
+        port=raw.get("port", 8080),
+        healthcheck=raw.get("healthcheck"),
+        dockerfile=raw.get("dockerfile"),
+    )
+
+
+def load_app_config(source: SourceTree, shown: str = DOTCUPAAS) -> AppConfig:
+    """Read `.cupaas` from an app source; a missing file gets an example of what to write."""
+    text = source.read_text(DOTCUPAAS)
+    if text is None:
+        raise ValidationError(shown, "", "not found at the root of the app repo; add one, for example:\n"
+                              "  runtime: python\n  services: [mongodb]")
+    return parse_app_config(text, shown)
+
+
+def release_from_record(raw: Any, file: str, app: str) -> Release:
+    """Parse `apps/<app>/release.yaml` written by an earlier render."""
+    if not isinstance(raw, dict):
+        raise ValidationError(file, "", "is not a release record; re-deploy the app to rewrite it")
+    try:
+        image = ImageRef.parse(str(raw["image"]))
+        config_raw = raw["cupaas"]
+        found = schema_errors(config_raw, "dotcupaas", file)
+        if found:
+            raise ValidationErrors(found)
+        config = parse_app_config(yaml.safe_dump(config_raw), file)
+        commit = raw.get("commit")
+        return Release(app=app, commit=str(commit) if commit else None, image=image, config=config,
+                       start_command=raw.get("start_command"),
+                       start_command_source=str(raw.get("start_command_source", "recorded")))
+    except KeyError as e:
+        raise ValidationError(file, str(e.args[0]), "is missing; re-deploy the app to rewrite the record") from None
+    except ValueError as e:
+        raise ValidationError(file, "image", str(e)) from None

@@ -1,0 +1,41 @@
+"""Deterministic YAML text for rendered files: one place decides quoting, order and the header."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .layout import HEADER
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper that never emits aliases and writes multi-line strings as literal blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(data: Any) -> str:
+    """YAML text in the order the data was built (callers build dicts in a fixed order)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=1 << 16, indent=2)
+
+
+def generated(data: Any, comment: str | None = None) -> str:
+    """A generated file: the do-not-edit header, an optional comment, then the YAML."""
+    note = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
+    return HEADER + note + to_yaml(data)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.safe_load(text)

@@ -1,0 +1,121 @@
+"""Turn a control repo plus app sources, images and earlier release records into a rendered tree.
+
+This is the step both `cupaas render` and the deploy pipeline run: it resolves one Release per
+app, renders every app in memory, and only then hands the files to gitops_tree for writing.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError, ValidationError, ValidationErrors
+from .gitops_tree import existing_apps, read_release, read_sealed
+from .layout import AppLayout
+from .loading import load_app_config
+from .models import ControlRepo, ImageRef, Release
+from .plugins import Plugin, PluginRegistry
+from .rendering import AppInputs, Files, Sealer, render_app, render_skeleton
+from .runtimes import plan_build
+from .sealing import SealingCert, seal
+from .source import SourceTree
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_password(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def release_from_source(control: ControlRepo, app: str, source: SourceTree, image: ImageRef,
+                        commit: str | None, registry: PluginRegistry, shown: str = ".cupaas") -> Release:
+    """Read `.cupaas`, ask the runtime plugin for the start command, and record what is deployed."""
+    config = load_app_config(source, shown)
+    runtime = _plugin(registry.runtimes, "runtime", config.runtime, shown, "runtime")
+    for i, service in enumerate(config.services):
+        _plugin(registry.addons, "add-on", service, shown, f"services.{i}")
+        if service == app:
+            raise ValidationError(shown, f"services.{i}",
+                                  f"the app is named {app!r} like this add-on; rename the app")
+    plan = plan_build(runtime, source, config, control.platform)
+    return Release(app=app, commit=commit or commit_of(image), image=image, config=config, start_command=plan.start_command,
+                   start_command_source=plan.start_command_source)
+
+
+def commit_of(image: ImageRef) -> str | None:
+    """The commit an image was built from, when its tag is a full commit sha (as cupaas tags them)."""
+    return image.tag if image.tag and _SHA.match(image.tag) else None
+
+
+def _plugin(plugins: Mapping[str, Plugin], what: str, name: str, shown: str, field: str) -> Plugin:
+    if name not in plugins:
+        known = ", ".join(plugins) or "none"
+        raise ValidationError(shown, field, f"unknown {what} {name!r}; available: {known}")
+    return plugins[name]
+
+
+def cert_sealer(cert: SealingCert) -> Sealer:
+    def sealer(plaintext: str, namespace: str, name: str) -> str:
+        return seal(cert, plaintext, namespace, name)
+
+    return sealer
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    files: Files
+    seeded: Files
+    rendered_apps: tuple[str, ...]
+    removed_apps: tuple[str, ...]
+
+
+def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str, Release],
+                   only: str | None, registry: PluginRegistry, sealer: Sealer | None,
+                   new_secret: Callable[[int], str] = new_password) -> RenderResult:
+    """Render the apps of a control repo (all, or ``only``) against an existing GitOps tree.
+
+    ``releases`` holds the releases the caller resolved (from a source and an image); every other
+    app's release comes from its release record in ``gitops_dir``.
+    """
+    env = control.platform.environment
+    targets = [only] if only else sorted(control.apps)
+    if only:
+        control.app(only)
+    errors: list[ValidationError] = []
+    files: Files = {}
+    for name in targets:
+        try:
+            release = releases.get(name) or read_release(gitops_dir, name, env)
+            if release is None:
+                raise ValidationError(
+                    f"{control.path}/apps/{name}.yaml", "",
+                    f"app {name!r} has no release yet: pass --source {name}=DIR and --image {name}=REF "
+                    f"(or deploy it with `cupaas deploy`)")
+            addons = [_plugin(registry.addons, "add-on", s, f"{name}: .cupaas", f"services.{i}")
+                      for i, s in enumerate(release.config.services)]
+            layout = AppLayout(name, env)
+            inputs = AppInputs(platform=control.platform, app=control.apps[name], release=release,
+                               addons=addons, previous_sealed=read_sealed(gitops_dir, layout))
+            files.update(render_app(inputs, sealer, new_secret))
+        except ValidationErrors as e:
+            errors.extend(e.errors)
+        except ValidationError as e:
+            errors.append(e)
+    if errors:
+        raise ValidationErrors(errors)
+    generated, seeded = render_skeleton(control.platform)
+    files.update(generated)
+    removed = () if only else tuple(a for a in existing_apps(gitops_dir) if a not in control.apps)
+    return RenderResult(files=files, seeded=seeded, rendered_apps=tuple(targets), removed_apps=removed)
+
+
+def parse_assignment(text: str, option: str) -> tuple[str, str]:
+    app, sep, value = text.partition("=")
+    if not sep or not app or not value:
+        raise UserError(f"{option} {text!r}: expected APP=VALUE")
+    return app, value

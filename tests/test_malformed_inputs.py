@@ -1,0 +1,192 @@
+"""Bad input gets exit 1, one clear message naming the file and field, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from generator.cli import cli
+from golden_support import read_tree
+from sealing_support import TEST_KEY_DIR
+
+IMAGE = "127.0.0.1:5000/cupaas/tasks:0123456789abcdef0123456789abcdef01234567@sha256:" + "ab" * 32
+SECRET_PLAINTEXT = "hunter2-plaintext"
+
+
+@dataclass
+class Repo:
+    control: Path
+    source: Path
+    out: Path
+
+    def edit_yaml(self, rel: str, change: Callable[[dict], None], base: Path | None = None) -> None:
+        path = (base or self.control) / rel
+        data = yaml.safe_load(path.read_text())
+        change(data)
+        path.write_text(yaml.safe_dump(data))
+
+    def write(self, rel: str, text: str, base: Path | None = None) -> None:
+        path = (base or self.control) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    control = tmp_path / "control"
+    (control / "apps").mkdir(parents=True)
+    (control / "cupaas.yaml").write_text(
+        "domain: apps.example.com\nregistry: 127.0.0.1:5000/cupaas\n"
+        "gitops: {repo: 'file:///srv/gitops.git', review: direct}\n"
+    )
+    (control / "apps" / "tasks.yaml").write_text(
+        "repo: https://git.example.com/tasks.git\nbranch: main\nenv: {LOG_LEVEL: info}\n"
+    )
+    (control / "apps" / "other.yaml").write_text("repo: https://git.example.com/other.git\nbranch: main\n")
+    shutil.copy(TEST_KEY_DIR / "test-cert.pem", control / "sealing-cert.pem")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / ".cupaas").write_text("runtime: python\nservices: [mongodb]\n")
+    (source / "requirements.txt").write_text("flask\ngunicorn\n")
+    (source / "app.py").write_text("from flask import Flask\napp = Flask(__name__)\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("untouched\n")
+    return Repo(control, source, out)
+
+
+def _set(path: list[str], value: object) -> Callable[[dict], None]:
+    def change(data: dict) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+
+    return change
+
+
+def _drop(key: str) -> Callable[[dict], None]:
+    return lambda data: data.pop(key)
+
+
+# (id, how to break the repo, file named in the message, field named in the message, extra args)
+CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
+    ("platform-yaml-syntax", lambda r: r.write("cupaas.yaml", "domain: [unclosed\n"), "cupaas.yaml", "line"),
+    ("platform-empty", lambda r: r.write("cupaas.yaml", ""), "cupaas.yaml", "empty"),
+    ("platform-not-mapping", lambda r: r.write("cupaas.yaml", "- a\n- b\n"), "cupaas.yaml", "mapping"),
+    ("platform-missing", lambda r: (r.control / "cupaas.yaml").unlink(), "cupaas.yaml", "not found"),
+    ("domain-missing", lambda r: r.edit_yaml("cupaas.yaml", _drop("domain")), "cupaas.yaml", "domain: is required"),
+    ("domain-invalid", lambda r: r.edit_yaml("cupaas.yaml", _set(["domain"], "Apps_Example")), "cupaas.yaml", "domain"),
+    ("platform-unknown-field", lambda r: r.edit_yaml("cupaas.yaml", _set(["domian"], "x")), "cupaas.yaml", "domian: unknown field"),
+    ("registry-with-scheme", lambda r: r.edit_yaml("cupaas.yaml", _set(["registry"], "https://reg.io")), "cupaas.yaml", "registry"),
+    ("environment-invalid", lambda r: r.edit_yaml("cupaas.yaml", _set(["environment"], "Prod!")), "cupaas.yaml", "environment"),
+    ("review-invalid", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "review"], "maybe")), "cupaas.yaml", "gitops.review"),
+    ("forge-type-unknown", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "forge"], {
+        "type": "sourceforge", "api": "https://x", "repo": "a/b", "token_env": "T"})), "cupaas.yaml", "gitops.forge.type"),
+    ("ingress-class-type", lambda r: r.edit_yaml("cupaas.yaml", _set(["ingress", "class"], 5)), "cupaas.yaml", "ingress.class"),
+    ("sealing-cert-missing", lambda r: (r.control / "sealing-cert.pem").unlink(), "cupaas.yaml", "sealing.cert"),
+    ("sealing-cert-garbage", lambda r: r.write("sealing-cert.pem", "not a cert"), "cupaas.yaml", "sealing.cert"),
+    ("app-name-invalid", lambda r: r.write("apps/Bad_Name.yaml", "repo: x\nbranch: main\n"), "apps/Bad_Name.yaml", "app name"),
+    ("app-name-too-long", lambda r: r.write(f"apps/{'a' * 41}.yaml", "repo: x\nbranch: main\n"), f"apps/{'a' * 41}.yaml", "40"),
+    ("app-yml-suffix", lambda r: r.write("apps/blog.yml", "repo: x\nbranch: main\n"), "apps/blog.yml", "blog.yaml"),
+    ("app-yaml-syntax", lambda r: r.write("apps/tasks.yaml", "repo: x\n  branch: : main\n"), "apps/tasks.yaml", "line"),
+    ("app-branch-missing", lambda r: r.edit_yaml("apps/tasks.yaml", _drop("branch")), "apps/tasks.yaml", "branch: is required"),
+    ("app-branch-invalid", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["branch"], "bad..branch")), "apps/tasks.yaml", "branch"),
+    ("env-name-invalid", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["env", "1BAD"], "x")), "apps/tasks.yaml", "env.1BAD"),
+    ("env-value-bool", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["env", "DEBUG"], True)), "apps/tasks.yaml", "env.DEBUG"),
+    ("env-value-mapping", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["env", "CFG"], {"a": 1})), "apps/tasks.yaml", "env.CFG"),
+    ("env-port-reserved", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["env", "PORT"], "80")), "apps/tasks.yaml", "env.PORT"),
+    ("secret-plaintext", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["secrets", "API_TOKEN"], SECRET_PLAINTEXT)), "apps/tasks.yaml", "secrets.API_TOKEN"),
+    ("secret-bad-length-prefix", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["secrets", "API_TOKEN"], "AgAB" * 40)), "apps/tasks.yaml", "secrets.API_TOKEN"),
+    ("secret-not-text", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["secrets", "API_TOKEN"], 12345)), "apps/tasks.yaml", "secrets.API_TOKEN"),
+    ("replicas-not-number", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["replicas"], "two")), "apps/tasks.yaml", "replicas"),
+    ("replicas-negative", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["replicas"], -1)), "apps/tasks.yaml", "replicas"),
+    ("domain-invalid-host", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["domains"], ["Tasks.COM"])), "apps/tasks.yaml", "domains.0"),
+    ("domain-taken", lambda r: r.edit_yaml("apps/other.yaml", _set(["domains"], ["tasks.apps.example.com"])), "apps/other.yaml", "domains.0"),
+    ("dotcupaas-missing", lambda r: (r.source / ".cupaas").unlink(), ".cupaas", "not found"),
+    ("dotcupaas-yaml-syntax", lambda r: r.write(".cupaas", "runtime: [python\n", r.source), ".cupaas", "line"),
+    ("runtime-unknown", lambda r: r.write(".cupaas", "runtime: cobol\n", r.source), ".cupaas", "runtime"),
+    ("runtime-missing", lambda r: r.write(".cupaas", "services: [mongodb]\n", r.source), ".cupaas", "runtime: is required"),
+    ("service-unknown", lambda r: r.write(".cupaas", "runtime: python\nservices: [oracle]\n", r.source), ".cupaas", "services.0"),
+    ("port-out-of-range", lambda r: r.write(".cupaas", "runtime: python\nport: 70000\n", r.source), ".cupaas", "port"),
+    ("healthcheck-no-slash", lambda r: r.write(".cupaas", "runtime: python\nhealthcheck: healthz\n", r.source), ".cupaas", "healthcheck"),
+    ("dotcupaas-unknown-field", lambda r: r.write(".cupaas", "runtime: python\nruntine: x\n", r.source), ".cupaas", "runtine: unknown field"),
+    ("start-command-undetectable", lambda r: r.write("app.py", "print('hello')\n", r.source), ".cupaas", "run"),
+    ("dockerfile-missing", lambda r: r.write(".cupaas", "runtime: python\ndockerfile: Dockerfile.prod\n", r.source), ".cupaas", "dockerfile"),
+]
+
+
+def _render(repo: Repo, extra: list[str] | None = None) -> tuple[int, str]:
+    args = ["render", str(repo.control), "--out", str(repo.out),
+            "--source", f"tasks={repo.source}", "--image", f"tasks={IMAGE}", "--app", "tasks", *(extra or [])]
+    result = CliRunner().invoke(cli, args, catch_exceptions=True)
+    return result.exit_code, result.output
+
+
+def test_valid_repo_renders(repo: Repo) -> None:
+    code, output = _render(repo)
+    assert code == 0, output
+    assert (repo.out / "apps/tasks/overlays/production/kustomization.yaml").is_file()
+
+
+def test_malformed_case_count() -> None:
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize(("name", "breaks", "file", "field"), CASES, ids=[c[0] for c in CASES])
+def test_malformed_input_exits_1_naming_file_and_field(
+    repo: Repo, name: str, breaks: Callable[[Repo], None], file: str, field: str
+) -> None:
+    breaks(repo)
+    before = read_tree(repo.out)
+    code, output = _render(repo)
+    assert code == 1, output
+    assert "Traceback" not in output
+    error_lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert any(file in line and field in line for line in error_lines), output
+    assert SECRET_PLAINTEXT not in output
+    assert read_tree(repo.out) == before, "a failed render must leave the output directory untouched"
+
+
+def test_validate_reports_every_problem_at_once(repo: Repo) -> None:
+    repo.edit_yaml("cupaas.yaml", _drop("domain"))
+    repo.edit_yaml("apps/tasks.yaml", _set(["replicas"], "two"))
+    result = CliRunner().invoke(cli, ["validate", str(repo.control)])
+    assert result.exit_code == 1
+    assert "domain: is required" in result.output and "replicas" in result.output
+
+
+def test_render_unknown_app_is_an_error(repo: Repo) -> None:
+    result = CliRunner().invoke(cli, ["render", str(repo.control), "--out", str(repo.out), "--app", "nope"])
+    assert result.exit_code == 1
+    assert "no such app" in result.output and "other, tasks" in result.output
+
+
+def test_render_app_without_release_says_what_to_pass(repo: Repo) -> None:
+    result = CliRunner().invoke(cli, ["render", str(repo.control), "--out", str(repo.out), "--app", "other"])
+    assert result.exit_code == 1
+    assert "--source other=DIR" in result.output and "--image other=REF" in result.output
+
+
+def test_corrupt_release_record_names_the_file(repo: Repo) -> None:
+    assert _render(repo)[0] == 0
+    record = repo.out / "apps/tasks/release.yaml"
+    record.write_text("app: tasks\nimage: not-an-image\n")
+    result = CliRunner().invoke(cli, ["render", str(repo.control), "--out", str(repo.out), "--app", "tasks"])
+    assert result.exit_code == 1
+    assert "release.yaml: image" in result.output
+
+
+@pytest.mark.parametrize("ref", ["127.0.0.1:5000/cupaas/tasks:latest", "UPPER/x@sha256:" + "a" * 64, "x@sha256:short"])
+def test_image_not_pinned_by_digest_is_a_usage_error(repo: Repo, ref: str) -> None:
+    args = ["render", str(repo.control), "--out", str(repo.out), "--source", f"tasks={repo.source}",
+            "--image", f"tasks={ref}"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "--image" in result.output
