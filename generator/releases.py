@@ -43,8 +43,8 @@ def release_from_source(control: ControlRepo, app: str, source: SourceTree, imag
             raise ValidationError(shown, f"services.{i}",
                                   f"the app is named {app!r} like this add-on; rename the app")
     plan = plan_build(runtime, source, config, control.platform)
-    return Release(app=app, commit=commit or commit_of(image), image=image, config=config, start_command=plan.start_command,
-                   start_command_source=plan.start_command_source)
+    return Release(app=app, commit=commit or commit_of(image), image=image, config=config,
+                   start_command=plan.start_command, start_command_source=plan.start_command_source)
 
 
 def commit_of(image: ImageRef) -> str | None:

@@ -176,7 +176,8 @@ def _base(inputs: AppInputs, layout: AppLayout) -> Files:
     }
     start = release.start_command_source
     return {
-        f"{layout.base}/deployment.yaml": generated(deployment, f"Start command: {start}."),
+        f"{layout.base}/deployment.yaml": generated(
+            deployment, f"Start command ({start}): {release.start_command or 'the image CMD'}"),
         f"{layout.base}/service.yaml": generated(service),
         f"{layout.base}/serviceaccount.yaml": generated(service_account),
         f"{layout.base}/kustomization.yaml": generated(kustomization),

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from golden_support import (
     UPDATE_ENV,
     golden_cases,
@@ -32,9 +31,10 @@ def test_golden_tree_matches_expected(case: Path, tmp_path: Path) -> None:
     expected_dir = case / "expected"
     out = tmp_path / "out"
     if os.environ.get(UPDATE_ENV) == "1":
-        render_case(case, tmp_path / "fresh", out)
+        fresh = tmp_path / "fresh"
+        render_case(case, fresh, fresh / "out")
         shutil.rmtree(expected_dir, ignore_errors=True)
-        shutil.copytree(out, expected_dir)
+        shutil.copytree(fresh / "out", expected_dir)
     assert expected_dir.is_dir(), f"no expected tree; run with {UPDATE_ENV}=1 to create it"
     # Rendering over the committed tree must reuse its sealed values and reproduce it byte for byte.
     shutil.copytree(expected_dir, out)

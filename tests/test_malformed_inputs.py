@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
-from generator.cli import cli
 from golden_support import read_tree
 from sealing_support import TEST_KEY_DIR
+
+from generator.cli import cli
 
 IMAGE = "127.0.0.1:5000/cupaas/tasks:0123456789abcdef0123456789abcdef01234567@sha256:" + "ab" * 32
 SECRET_PLAINTEXT = "hunter2-plaintext"

@@ -1,0 +1,2 @@
+SECRET_KEY = "not-a-secret"
+ROOT_URLCONF = "mysite.urls"

@@ -1,0 +1,3 @@
+import flask
+
+application: flask.Flask = flask.Flask(__name__)
