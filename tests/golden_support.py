@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 from click.testing import CliRunner, Result
+from sealing_support import TEST_KEY_DIR
 
 from generator.cli import cli
-from sealing_support import TEST_KEY_DIR
 
 TESTS = Path(__file__).resolve().parent
 GOLDEN = TESTS / "golden"
