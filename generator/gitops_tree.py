@@ -17,6 +17,7 @@ import yaml
 from .errors import UserError, ValidationError
 from .layout import APPS_DIR, AppLayout
 from .loading import release_from_record
+from .manifests import read_yaml
 from .models import Release
 from .rendering import SEALED_SECRET_SUFFIX
 
@@ -46,7 +47,7 @@ def read_sealed(root: Path, layout: AppLayout) -> dict[str, dict[str, str]]:
         return found
     for path in sorted(overlay.glob(f"*{SEALED_SECRET_SUFFIX}")):
         try:
-            obj = yaml.safe_load(path.read_text(encoding="utf-8"))
+            obj = read_yaml(path.read_text(encoding="utf-8"))
             meta, data = obj["metadata"], obj["spec"]["encryptedData"]
         except (yaml.YAMLError, KeyError, TypeError):
             continue  # unreadable: it is regenerated, which is what a person would do by hand

@@ -7,6 +7,7 @@ changed. Randomness (add-on passwords) and sealing come in as callables so tests
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ import yaml
 
 from .errors import UserError, ValidationError
 from .layout import ANNOTATION_PREFIX, HEADER, AppLayout
-from .manifests import generated
+from .manifests import generated, read_yaml
 from .models import AppRegistration, Platform, Release
 from .plugins import Plugin, builtin_dir
 
@@ -51,6 +52,12 @@ def _jinja() -> jinja2.Environment:
 
 
 _JINJA = _jinja()
+
+
+@functools.lru_cache(maxsize=256)
+def _template(text: str) -> jinja2.Template:
+    """Compile each distinct template text once per process."""
+    return _JINJA.from_string(text)
 
 
 def render_app(inputs: AppInputs, sealer: Sealer | None, new_secret: Callable[[int], str]) -> Files:
@@ -231,8 +238,8 @@ def _component(addon: Plugin, inputs: AppInputs, layout: AppLayout) -> Files:
 def _render_object(addon: Plugin, template: str, variables: Mapping[str, Any]) -> Any:
     where = f"{addon.path}/{template}"
     try:
-        text = _JINJA.from_string(addon.template(template)).render(**variables)
-        obj = yaml.safe_load(text)
+        text = _template(addon.template(template)).render(**variables)
+        obj = read_yaml(text)
     except (jinja2.TemplateError, yaml.YAMLError) as e:
         raise UserError(f"{where}: the add-on template does not render: {e}") from e
     if not isinstance(obj, dict) or "kind" not in obj:
@@ -256,7 +263,7 @@ def _addon_credentials(addon: Plugin, inputs: AppInputs, layout: AppLayout, seal
         plain[key] = how["value"] if "value" in how else new_secret(how["random"])
     context = {**plain, "app": layout.app, "namespace": layout.namespace}
     for key, template in creds.get("derive", {}).items():
-        plain[key] = _JINJA.from_string(template).render(**context)
+        plain[key] = _template(template).render(**context)
     return {key: sealer(plain[key], layout.namespace, creds["secret"]) for key in keys}
 
 
@@ -347,7 +354,7 @@ def render_skeleton(platform: Platform) -> tuple[Files, Files]:
         rel = path.relative_to(root).as_posix()
         text = path.read_text(encoding="utf-8")
         if rel.endswith(".j2"):
-            body = _JINJA.from_string(text).render(**variables)
+            body = _template(text).render(**variables)
             rendered[rel.removesuffix(".j2")] = HEADER + body
         else:
             seeded[rel] = text

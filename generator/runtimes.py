@@ -17,6 +17,7 @@ Adding a runtime is adding a folder; only a new dependency-file *format* needs a
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import re
@@ -24,6 +25,7 @@ import shlex
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -293,22 +295,35 @@ READERS: Mapping[str, Reader] = {
 # --- engine -----------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _environment(plugin_path: Path) -> jinja2.Environment:
+    """One Jinja environment per plugin folder, so templates compile once per process."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(plugin_path)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+    env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
+    env.filters["removesuffix"] = lambda value, suffix: str(value).removesuffix(suffix)
+    return env
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(plugin_path: Path, template: str) -> jinja2.Template:
+    return _environment(plugin_path).from_string(template)
+
+
 class _Run:
     """One planning run: the plugin, the app source, and reads shared by the detection rules."""
 
     def __init__(self, plugin: Plugin, source: SourceTree) -> None:
         self.plugin = plugin
         self.source = source
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(plugin.path)),
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=True,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
-        self.env.filters["removesuffix"] = lambda value, suffix: str(value).removesuffix(suffix)
+        self.env = _environment(plugin.path)
         self._texts: dict[str, str | None] = {}
         self._files: list[str] | None = None
 
@@ -327,7 +342,7 @@ class _Run:
 
     def render(self, where: str, template: str, values: Mapping[str, Any]) -> str:
         try:
-            return self.env.from_string(template).render(values)
+            return _compiled(self.plugin.path, template).render(values)
         except jinja2.TemplateError as e:
             raise self.spec_error(where, f"template error: {e}") from e
 
