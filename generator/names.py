@@ -6,12 +6,14 @@ import re
 
 APP_NAME_MAX = 40
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# App names also name Services, which must be DNS-1035 labels (start with a letter).
+_APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def is_app_name(name: str) -> bool:
-    """An app name is a DNS-1123 label of at most 40 characters."""
-    return len(name) <= APP_NAME_MAX and bool(_DNS1123_LABEL.match(name))
+    """An app name is a DNS-1123 label of at most 40 characters that starts with a letter."""
+    return len(name) <= APP_NAME_MAX and bool(_APP_NAME.match(name))
 
 
 def is_dns_label(name: str, max_len: int = 63) -> bool:
@@ -22,4 +24,6 @@ def is_env_name(name: str) -> bool:
     return bool(_ENV_NAME.match(name))
 
 
-APP_NAME_RULE = "use lowercase letters, digits and '-', start and end with a letter or digit, at most 40 characters"
+APP_NAME_RULE = (
+    "use lowercase letters, digits and '-', start with a letter, end with a letter or digit, at most 40 characters"
+)

@@ -93,6 +93,7 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("sealing-cert-missing", lambda r: (r.control / "sealing-cert.pem").unlink(), "cupaas.yaml", "sealing.cert"),
     ("sealing-cert-garbage", lambda r: r.write("sealing-cert.pem", "not a cert"), "cupaas.yaml", "sealing.cert"),
     ("app-name-invalid", lambda r: r.write("apps/Bad_Name.yaml", "repo: x\nbranch: main\n"), "apps/Bad_Name.yaml", "app name"),
+    ("app-name-starts-with-digit", lambda r: r.write("apps/1app.yaml", "repo: x\nbranch: main\n"), "apps/1app.yaml", "start with a letter"),
     ("app-name-too-long", lambda r: r.write(f"apps/{'a' * 41}.yaml", "repo: x\nbranch: main\n"), f"apps/{'a' * 41}.yaml", "40"),
     ("app-yml-suffix", lambda r: r.write("apps/blog.yml", "repo: x\nbranch: main\n"), "apps/blog.yml", "blog.yaml"),
     ("app-yaml-syntax", lambda r: r.write("apps/tasks.yaml", "repo: x\n  branch: : main\n"), "apps/tasks.yaml", "line"),

@@ -53,7 +53,7 @@ def test_example_control_repo_renders_builds_and_validates(tmp_path: Path) -> No
                       "--source", f"tasks={ROOT / 'examples/tasks-app'}", "--image", f"tasks={EXAMPLE_IMAGE}"])
     assert result.exit_code == 0, result.output
     kinds = sorted(o["kind"] for o in validate_documents(kustomize_build(out / "apps/tasks/overlays/production")))
-    assert kinds == ["ConfigMap", "Deployment", "Ingress", "SealedSecret", "Service", "Service",
+    assert kinds == ["ConfigMap", "Deployment", "Ingress", "SealedSecret", "SealedSecret", "Service", "Service",
                      "ServiceAccount", "StatefulSet"]
 
 
