@@ -154,3 +154,32 @@ def seal_command(control_dir: Path, app: str, key: str, value: str | None) -> No
 
 def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="cupaas")
+
+
+@cli.command()
+@click.argument("control_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("app")
+@click.option("--commit", help="Deploy this commit of the app's branch (default: the branch head).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Caches of app and GitOps clones (default: $CUPAAS_STATE_DIR or ~/.cache/cupaas).")
+def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | None) -> None:
+    """Run the whole pipeline once: fetch, build, push, render, commit."""
+    # Imported here: the docker SDK is slow to import and only deploys need it.
+    from .builder import DockerBuilder
+    from .deploy import Deployer, DeployError, default_state_dir
+
+    def log(line: str) -> None:
+        click.echo(line)
+
+    deployer = Deployer(control_dir=control_dir, builder=DockerBuilder(), state_dir=state_dir or default_state_dir(),
+                        log=log)
+    try:
+        deployer.deploy(app, commit)
+    except DeployError as e:
+        click.echo(f"-----> Failed at step {e.step}", err=True)
+        _fail(str(e.cause))
+        click.echo("Nothing was committed to the GitOps repo.", err=True)
+        sys.exit(1)
+    except CupaasError as e:
+        _fail(str(e))
+        sys.exit(1)

@@ -17,7 +17,7 @@ from .errors import UserError, ValidationError, ValidationErrors
 from .gitops_tree import existing_apps, read_release, read_sealed
 from .layout import AppLayout
 from .loading import load_app_config
-from .models import ControlRepo, ImageRef, Release
+from .models import AppConfig, BuildPlan, ControlRepo, ImageRef, Release
 from .plugins import Plugin, PluginRegistry
 from .rendering import AppInputs, Files, Sealer, render_app, render_skeleton
 from .runtimes import plan_build
@@ -32,9 +32,9 @@ def new_password(length: int) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
-def release_from_source(control: ControlRepo, app: str, source: SourceTree, image: ImageRef,
-                        commit: str | None, registry: PluginRegistry, shown: str = ".cupaas") -> Release:
-    """Read `.cupaas`, ask the runtime plugin for the start command, and record what is deployed."""
+def plan_app(control: ControlRepo, app: str, source: SourceTree, registry: PluginRegistry,
+             shown: str = ".cupaas") -> tuple[AppConfig, BuildPlan]:
+    """Read `.cupaas`, check its runtime and add-ons exist, and let the runtime plugin plan the build."""
     config = load_app_config(source, shown)
     runtime = _plugin(registry.runtimes, "runtime", config.runtime, shown, "runtime")
     for i, service in enumerate(config.services):
@@ -42,7 +42,17 @@ def release_from_source(control: ControlRepo, app: str, source: SourceTree, imag
         if service == app:
             raise ValidationError(shown, f"services.{i}",
                                   f"the app is named {app!r} like this add-on; rename the app")
-    plan = plan_build(runtime, source, config, control.platform)
+    return config, plan_build(runtime, source, config, control.platform)
+
+
+def release_from_source(control: ControlRepo, app: str, source: SourceTree, image: ImageRef,
+                        commit: str | None, registry: PluginRegistry, shown: str = ".cupaas") -> Release:
+    """The release of an app source and its image, recording the start command the plugin chose."""
+    config, plan = plan_app(control, app, source, registry, shown)
+    return release_of(app, config, plan, image, commit)
+
+
+def release_of(app: str, config: AppConfig, plan: BuildPlan, image: ImageRef, commit: str | None) -> Release:
     return Release(app=app, commit=commit or commit_of(image), image=image, config=config,
                    start_command=plan.start_command, start_command_source=plan.start_command_source)
 

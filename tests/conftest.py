@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import k8s_validation
@@ -16,3 +17,28 @@ def k8s() -> ModuleType:
     ``k8s.kustomize_build_many(paths)``; a plain ``import k8s_validation`` works as well.
     """
     return k8s_validation
+
+
+def infra_setting(name: str) -> str:
+    """A setting scripts/test exports after `scripts/dev-env up`; without it the test fails saying so."""
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set. These tests need dockerd and the local registry: run them with "
+            "scripts/test, or start them with `scripts/dev-env up` and export CUPAAS_TEST_REGISTRY and "
+            "CUPAAS_TEST_PYTHON_BASE_IMAGE from its output (registry=..., python_base_image=...).",
+            pytrace=False,
+        )
+    return value
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """The local registry (host:port) started by scripts/dev-env."""
+    return infra_setting("CUPAAS_TEST_REGISTRY")
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The local Python base image reference in that registry."""
+    return infra_setting("CUPAAS_TEST_PYTHON_BASE_IMAGE")

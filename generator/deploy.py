@@ -1,0 +1,181 @@
+"""The deploy pipeline: fetch the exact commit, build and push its image, render, commit to GitOps.
+
+One call deploys one commit of one app and returns what it did, or raises a DeployError naming the
+step that failed. Nothing reaches the GitOps repo unless every step before the commit succeeded.
+The CLI (`cupaas deploy`) and the webhook worker both run this.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .app_source import AppSource
+from .builder import Builder
+from .errors import CupaasError, TransientError
+from .forges import ForgeClient, PullRequest, forge_client_from_env
+from .gitops_repo import GitOpsRepo, redact
+from .gitops_tree import apply, read_release
+from .layout import AppLayout
+from .loading import load_control_repo
+from .models import ForgeSettings, ImageRef
+from .plugins import PluginRegistry
+from .releases import cert_sealer, plan_app, release_of, render_control
+from .sealing import SealingCert
+from .source import DirectorySource
+
+Log = Callable[[str], None]
+STEPS = ("configure", "fetch", "plan", "build", "push", "render", "commit")
+
+
+class DeployError(CupaasError):
+    """A deploy failed at one step; ``transient`` says whether retrying may help."""
+
+    def __init__(self, step: str, cause: CupaasError) -> None:
+        self.step = step
+        self.cause = cause
+        self.transient = isinstance(cause, TransientError)
+        super().__init__(f"deploy failed at step {step}: {cause}")
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    app: str
+    commit: str
+    subject: str
+    image: ImageRef
+    gitops_commit: str | None  # None: the GitOps repo already held exactly this
+    branch: str  # where the commit went: the GitOps branch or the review branch
+    pull_request: PullRequest | None
+    changed: tuple[str, ...]
+    url: str
+
+
+def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    if environ.get("CUPAAS_STATE_DIR"):
+        return Path(environ["CUPAAS_STATE_DIR"])
+    cache = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "cupaas"
+
+
+class _Steps:
+    """Tracks the running step so an error can name it; the builder's log says when pushing starts."""
+
+    def __init__(self, log: Log) -> None:
+        self.current = STEPS[0]
+        self._log = log
+
+    def log(self, line: str) -> None:
+        if line.startswith("-----> Pushing"):
+            self.current = "push"
+        self._log(line)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.current = name
+        try:
+            yield
+        except DeployError:
+            raise
+        except CupaasError as e:
+            raise DeployError(self.current, e) from e
+
+
+@dataclass
+class Deployer:
+    """Deploys apps of one control repo (a local checkout) with the given builder."""
+
+    control_dir: Path
+    builder: Builder
+    state_dir: Path
+    log: Log = print
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    forge_factory: Callable[[ForgeSettings, Mapping[str, str]], ForgeClient] = forge_client_from_env
+
+    def deploy(self, app: str, commit: str | None = None) -> DeployResult:
+        steps = _Steps(self.log)
+        log = steps.log
+        with steps.step("configure"):
+            control = load_control_repo(self.control_dir)
+            registration = control.app(app)
+            platform = control.platform
+            registry = PluginRegistry()
+            sealer = cert_sealer(SealingCert.load(Path(self.control_dir) / platform.sealing_cert))
+            forge = None
+            if platform.gitops.review == "pull-request" and platform.gitops.forge is not None:
+                forge = self.forge_factory(platform.gitops.forge, self.environ)
+        log(f"-----> Deploying {app} from {registration.branch} of {redact(registration.repo)}")
+        with tempfile.TemporaryDirectory(prefix=f"cupaas-{app}-") as tmp:
+            source_dir = Path(tmp) / "src"
+            with steps.step("fetch"):
+                fetched = AppSource(registration.repo, self.state_dir / "apps", log).export(
+                    registration.branch, commit, source_dir)
+            subject = "".join(ch if ch.isprintable() else " " for ch in fetched.subject)
+            log(f"       commit {fetched.sha[:12]}: {subject}")
+            with steps.step("plan"):
+                config, plan = plan_app(control, app, DirectorySource(source_dir), registry,
+                                        shown=f"{app}@{fetched.sha[:12]}: .cupaas")
+                log(f"-----> {config.runtime} app, dependencies from {plan.dependencies}"
+                    + (f", services: {', '.join(config.services)}" if config.services else ""))
+                log(f"       start command ({plan.start_command_source}): {plan.start_command or 'the image CMD'}")
+                # Render once with a stand-in image, so a render error stops the deploy before the build.
+                stand_in = ImageRef(f"{platform.registry}/{app}", "sha256:" + "0" * 64, fetched.sha)
+                render_control(control, Path(tmp) / "check", {app: release_of(app, config, plan, stand_in,
+                               fetched.sha)}, app, registry, sealer)
+            with steps.step("build"):
+                image = self.builder.build_and_push(
+                    source_dir, plan.dockerfile, f"{platform.registry}/{app}", fetched.sha,
+                    {"org.opencontainers.image.source": registration.repo,
+                     "org.opencontainers.image.revision": fetched.sha}, log)
+            log(f"       pushed {image}")
+        release = release_of(app, config, plan, image, fetched.sha)
+        layout = AppLayout(app, platform.environment)
+        previous: dict[str, str | None] = {}
+
+        def apply_change(worktree: Path) -> Sequence[str]:
+            steps.current = "render"
+            before = read_release(worktree, app, platform.environment)
+            previous["image"] = str(before.image) if before else None
+            result = render_control(control, worktree, {app: release}, app, registry, sealer)
+            return apply(worktree, result.files, result.rendered_apps, (), result.seeded)
+
+        review_branch = (f"cupaas/{app}-{platform.environment}"
+                         if platform.gitops.review == "pull-request" else None)
+        title = f"Deploy {app} {fetched.sha[:12]}: {subject}"
+        message = f"{title}\n\nImage: {image}\nCommit: {fetched.sha}\nSource: {redact(registration.repo)}\n"
+        gitops = GitOpsRepo(platform.gitops.repo, platform.gitops.branch, self.state_dir / "gitops", log=log)
+        log(f"-----> Committing to {gitops.shown_url} "
+            + (f"(review branch {review_branch})" if review_branch else f"({platform.gitops.branch})"))
+        with steps.step("commit"):
+            published = gitops.publish(apply_change, message, review_branch=review_branch, forge=forge,
+                                       pr_title=title,
+                                       pr_body=lambda changed: _pr_body(app, fetched.sha, previous.get("image"),
+                                                                        str(image), changed))
+        if published.commit is None:
+            log(f"       no change: the GitOps repo already deploys {app} at {fetched.sha[:12]}")
+        else:
+            log(f"       {published.branch}: {published.commit[:12]} ({len(published.changed)} file(s) changed)")
+        if published.pull_request is not None:
+            verb = "opened" if published.pull_request.created else "updated"
+            log(f"       pull request #{published.pull_request.number} {verb}: {published.pull_request.url}")
+        elif review_branch and published.commit and forge is None:
+            log(f"       no forge configured: open a pull request from {review_branch} into {platform.gitops.branch}")
+        url = f"https://{layout.host(platform.domain)}"
+        log(f"-----> Done: {app} {fetched.sha[:12]} will answer at {url} once Argo CD syncs")
+        return DeployResult(app=app, commit=fetched.sha, subject=subject, image=image,
+                            gitops_commit=published.commit, branch=published.branch,
+                            pull_request=published.pull_request, changed=published.changed, url=url)
+
+
+def _pr_body(app: str, sha: str, before: str | None, after: str, changed: Sequence[str]) -> str:
+    lines = [f"Deploys **{app}** at `{sha}`.", "", "| | image |", "|---|---|",
+             f"| before | `{before or 'not deployed yet'}` |", f"| after | `{after}` |", "",
+             f"Files changed ({len(changed)}):", ""]
+    lines += [f"- `{path}`" for path in changed]
+    lines += ["", "Generated by cupaas: merging deploys it; reverting the merge rolls it back."]
+    return "\n".join(lines) + "\n"
+

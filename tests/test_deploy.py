@@ -1,0 +1,225 @@
+"""`cupaas deploy` end to end: real git repos, the real Docker engine and registry, real kustomize."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+from click.testing import CliRunner
+from deploy_support import (
+    changed_files,
+    export,
+    heads,
+    make_app_repo,
+    make_control,
+    make_gitops_repo,
+)
+from k8s_validation import kustomize_build, validate_documents
+
+import generator.deploy
+from generator.builder import DockerBuilder
+from generator.cli import cli
+from generator.deploy import Deployer, DeployError, DeployResult
+
+pytestmark = pytest.mark.docker
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def world(tmp_path: Path, registry: str, base_image: str) -> Iterator[dict]:
+    app = make_app_repo(tmp_path, "tasks")
+    gitops = make_gitops_repo(tmp_path)
+    control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"tasks": app.url})
+    logs: list[str] = []
+    deployer = Deployer(control_dir=control, builder=DockerBuilder(), state_dir=tmp_path / "state", log=logs.append)
+    yield {"app": app, "gitops": gitops, "control": control, "deployer": deployer, "logs": logs, "tmp": tmp_path}
+
+
+def _deploy(world: dict, commit: str | None = None) -> DeployResult:
+    return world["deployer"].deploy("tasks", commit)
+
+
+def test_deploy_pins_the_pushed_digest_and_the_image_serves_healthz(world: dict, registry: str) -> None:
+    result = _deploy(world)
+    assert result.commit == world["app"].head()
+    assert result.image.tag == result.commit
+    # The registry serves the image at exactly the digest the GitOps commit pins.
+    repo = result.image.repository.split("/", 1)[1]
+    request = urllib.request.Request(f"http://{registry}/v2/{repo}/manifests/{result.image.digest}",
+                                     headers={"Accept": MANIFEST_TYPES}, method="HEAD")
+    with HTTP.open(request, timeout=10) as answer:
+        assert answer.headers["Docker-Content-Digest"] == result.image.digest
+    tree = export(world["gitops"], "main", world["tmp"] / "gitops-main")
+    kustomization = (tree / "apps/tasks/overlays/production/kustomization.yaml").read_text()
+    assert result.image.digest in kustomization and result.commit in kustomization
+    objects = validate_documents(kustomize_build(tree / "apps/tasks/overlays/production"))
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == str(result.image)
+    # The image runs its recorded start command (host network, PORT set, bound to loopback here), and
+    # /healthz answers without MongoDB.
+    record = yaml.safe_load((tree / "apps/tasks/release.yaml").read_text())
+    command = record["start_command"].replace("0.0.0.0", "127.0.0.1")
+    port = _free_port()
+    client = docker.from_env()
+    container = client.containers.run(str(result.image), detach=True, network_mode="host",
+                                      environment={"PORT": str(port)}, command=["/bin/sh", "-c", f"exec {command}"])
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                with HTTP.open(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    status = answer.status
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200, container.logs().decode()[-2000:]
+    finally:
+        container.remove(force=True)
+        client.close()
+
+
+def test_deploy_log_is_readable(world: dict) -> None:
+    _deploy(world)
+    steps = [line for line in world["logs"] if line.startswith("-----> ")]
+    for word in ("Deploying", "Building", "Pushing", "Committing", "Done"):
+        assert any(word in line for line in steps), steps
+
+
+def test_deploying_the_same_commit_again_makes_no_commit(world: dict) -> None:
+    first = _deploy(world)
+    before = heads(world["gitops"])
+    again = _deploy(world)
+    assert again.gitops_commit is None
+    assert heads(world["gitops"]) == before and before["main"] == first.gitops_commit
+
+
+def test_new_commit_changes_only_image_references_and_release_record(world: dict) -> None:
+    first = _deploy(world)
+    new_sha = world["app"].commit("Say hello differently", {"templates/extra.txt": "code-only change\n"})
+    second = _deploy(world)
+    assert second.commit == new_sha != first.commit
+    assert changed_files(world["gitops"], first.gitops_commit, second.gitops_commit) == [
+        "apps/tasks/overlays/production/kustomization.yaml", "apps/tasks/release.yaml"]
+
+
+def test_deploy_builds_exactly_the_requested_commit(world: dict) -> None:
+    old = world["app"].commit("Old version", {"VERSION": "old\n"})
+    world["app"].commit("New version", {"VERSION": "new\n"})
+    result = _deploy(world, old)
+    assert result.commit == old
+    client = docker.from_env()
+    try:
+        out = client.containers.run(str(result.image), command=["cat", "VERSION"], remove=True, network_mode="host")
+    finally:
+        client.close()
+    assert out.decode() == "old\n"
+
+
+def test_two_deploys_of_different_apps_racing_both_land(tmp_path: Path, registry: str, base_image: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks, other = make_app_repo(tmp_path, "tasks"), make_app_repo(tmp_path, "notes")
+    gitops = make_gitops_repo(tmp_path)
+    control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"tasks": tasks.url, "notes": other.url})
+    logs_a: list[str] = []
+    a = Deployer(control_dir=control, builder=DockerBuilder(), state_dir=tmp_path / "state-a", log=logs_a.append)
+    b = Deployer(control_dir=control, builder=DockerBuilder(), state_dir=tmp_path / "state-b", log=lambda s: None)
+    real_apply = generator.deploy.apply
+    raced: list[DeployResult] = []
+    started: list[bool] = []
+
+    def apply_then_let_b_push_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not started:  # A has fetched; B deploys and pushes before A's push.
+            started.append(True)
+            raced.append(b.deploy("notes"))
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(generator.deploy, "apply", apply_then_let_b_push_first)
+    result = a.deploy("tasks")
+    tree = export(gitops, "main", tmp_path / "tree")
+    assert (tree / "apps/tasks/release.yaml").is_file() and (tree / "apps/notes/release.yaml").is_file()
+    assert any("retry" in line.lower() or "rejected" in line.lower() for line in logs_a), logs_a
+    assert heads(gitops)["main"] == result.gitops_commit
+    assert raced[0].gitops_commit is not None
+
+
+# --- failures: each names its step and leaves the GitOps repo unchanged --------------------------------
+
+
+def _cli_deploy(world: dict) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["deploy", str(world["control"]), "tasks", "--state-dir",
+                                      str(world["tmp"] / "state")])
+    return result.exit_code, result.output
+
+
+def _remove_dotcupaas(world: dict) -> None:
+    (world["app"].work / ".cupaas").unlink()
+    world["app"].commit("Remove .cupaas")
+
+
+def _unknown_runtime(world: dict) -> None:
+    world["app"].commit("Unknown runtime", {".cupaas": "runtime: cobol\n"})
+
+
+def _broken_dependency(world: dict) -> None:
+    requirements = (world["app"].work / "requirements.txt").read_text()
+    broken = requirements + "no-such-package-cupaas-test==0.0.1\n"
+    world["app"].commit("Broken dependency", {"requirements.txt": broken})
+
+
+@pytest.mark.parametrize(("breaks", "step", "words"), [
+    (_remove_dotcupaas, "plan", ".cupaas"),
+    (_unknown_runtime, "plan", "cobol"),
+    (_broken_dependency, "build", "no-such-package-cupaas-test"),
+], ids=["no-dotcupaas", "unknown-runtime", "failing-dependency-install"])
+def test_deploy_failure_names_the_step_and_commits_nothing(
+    world: dict, breaks: Callable[[dict], None], step: str, words: str
+) -> None:
+    breaks(world)
+    code, output = _cli_deploy(world)
+    assert code == 1, output
+    assert f"Failed at step {step}" in output and words in output, output
+    assert "Traceback" not in output
+    assert heads(world["gitops"]) == {}
+
+
+def test_deploy_to_unreachable_registry_fails_at_push(world: dict) -> None:
+    platform = world["control"] / "cupaas.yaml"
+    text = platform.read_text()
+    registry = text.split("registry: ", 1)[1].split("\n", 1)[0]
+    platform.write_text(text.replace(f"registry: {registry}", "registry: 127.0.0.1:5999/cupaas-test"))
+    code, output = _cli_deploy(world)
+    assert code == 1, output
+    assert "Failed at step push" in output and "127.0.0.1:5999" in output, output
+    assert heads(world["gitops"]) == {}
+
+
+def test_deploy_to_unreachable_gitops_remote_fails_at_commit(world: dict) -> None:
+    platform = world["control"] / "cupaas.yaml"
+    platform.write_text(platform.read_text().replace(world["gitops"].as_uri(), (world["tmp"] / "nowhere.git").as_uri()))
+    code, output = _cli_deploy(world)
+    assert code == 1, output
+    assert "Failed at step commit" in output and "nowhere.git" in output, output
+    assert heads(world["gitops"]) == {}
+
+
+def test_deploy_error_carries_the_step(world: dict) -> None:
+    world["app"].commit("Unknown runtime", {".cupaas": "runtime: cobol\n"})
+    with pytest.raises(DeployError) as caught:
+        _deploy(world)
+    assert caught.value.step == "plan" and not caught.value.transient
+    assert json.dumps(str(caught.value))  # a plain message, fit for a job record
