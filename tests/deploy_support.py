@@ -61,9 +61,18 @@ def make_app_repo(root: Path, name: str, source: Path = TASKS_APP) -> AppRepo:
     return repo
 
 
-def make_gitops_repo(root: Path) -> Path:
+def make_gitops_repo(root: Path, initial_commit: bool = False) -> Path:
+    """A bare GitOps repo: empty, or with a first commit on main (pull requests need a base branch)."""
     bare = root / "gitops.git"
     git("init", "-q", "--bare", "-b", "main", str(bare), cwd=root)
+    if initial_commit:
+        work = root / "gitops-init"
+        work.mkdir()
+        (work / "README.md").write_text("# GitOps\n")
+        git("init", "-q", "-b", "main", cwd=work)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "Initial commit", cwd=work)
+        git("push", "-q", bare.as_uri(), "main", cwd=work)
     return bare
 
 

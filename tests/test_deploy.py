@@ -21,6 +21,13 @@ from deploy_support import (
     make_control,
     make_gitops_repo,
 )
+from fake_forge import (
+    REPO,
+    TOKEN,
+    FakeForge,
+    fake_forge_fixture,  # noqa: F401  (registers the fixture `fake_forge`)
+    fake_forge_servers_fixture,  # noqa: F401  (registers the fixture `fake_forge_servers`)
+)
 from k8s_validation import kustomize_build, validate_documents
 
 import generator.deploy
@@ -223,3 +230,40 @@ def test_deploy_error_carries_the_step(world: dict) -> None:
         _deploy(world)
     assert caught.value.step == "plan" and not caught.value.transient
     assert json.dumps(str(caught.value))  # a plain message, fit for a job record
+
+
+# --- pull-request mode, against fakes that check every request against each forge's documented API --
+
+
+def test_pull_request_mode_keeps_one_pr_per_app_and_environment(
+    tmp_path: Path, registry: str, base_image: str, fake_forge: tuple[str, FakeForge],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    base_url, fake = fake_forge
+    app = make_app_repo(tmp_path, "tasks")
+    gitops = make_gitops_repo(tmp_path, initial_commit=True)
+    forge = {"type": fake.kind, "api": base_url, "repo": REPO, "token_env": "CUPAAS_FORGE_TOKEN"}
+    control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"tasks": app.url},
+                           review="pull-request", forge=forge)
+    deployer = Deployer(control_dir=control, builder=DockerBuilder(), state_dir=tmp_path / "state",
+                        log=lambda s: None, environ={"CUPAAS_FORGE_TOKEN": TOKEN})
+    main_before = heads(gitops)["main"]
+    first = deployer.deploy("tasks")
+    assert first.pull_request is not None and first.pull_request.created
+    assert first.branch == "cupaas/tasks-production"
+    assert heads(gitops)["cupaas/tasks-production"] == first.gitops_commit
+    assert heads(gitops)["main"] == main_before, "pull-request mode must not touch the GitOps branch"
+
+    app.commit("A newer build", {"templates/extra.txt": "new\n"})
+    second = deployer.deploy("tasks")
+    assert second.pull_request is not None and not second.pull_request.created
+    assert second.pull_request.number == first.pull_request.number
+    [pr] = fake.open_prs()
+    assert pr.head == "cupaas/tasks-production" and pr.base == "main"
+    assert str(second.image) in pr.body and str(first.image) not in pr.body.split("| after |")[1]
+    assert heads(gitops)["cupaas/tasks-production"] == second.gitops_commit
+    # The review branch is main plus exactly this app's files (and the repo skeleton on a first deploy).
+    changed = changed_files(gitops, "main", second.gitops_commit)
+    assert "apps/tasks/release.yaml" in changed
+    assert all(p.startswith(("apps/tasks/", "argocd/")) or p == "apps/.gitkeep" for p in changed), changed
