@@ -82,15 +82,18 @@ class RenderResult:
     seeded: Files
     rendered_apps: tuple[str, ...]
     removed_apps: tuple[str, ...]
+    undeployed_apps: tuple[str, ...] = ()  # registered, never deployed: skipped (skip_undeployed=True)
 
 
 def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str, Release],
                    only: str | None, registry: PluginRegistry, sealer: Sealer | None,
-                   new_secret: Callable[[int], str] = new_password) -> RenderResult:
+                   new_secret: Callable[[int], str] = new_password,
+                   skip_undeployed: bool = False) -> RenderResult:
     """Render the apps of a control repo (all, or ``only``) against an existing GitOps tree.
 
     ``releases`` holds the releases the caller resolved (from a source and an image); every other
-    app's release comes from its release record in ``gitops_dir``.
+    app's release comes from its release record in ``gitops_dir``. An app with neither is an error,
+    or, with ``skip_undeployed`` (a control-repo reconcile), left for its first deploy.
     """
     env = control.platform.environment
     targets = [only] if only else sorted(control.apps)
@@ -98,9 +101,14 @@ def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str
         control.app(only)
     errors: list[ValidationError] = []
     files: Files = {}
+    rendered: list[str] = []
+    undeployed: list[str] = []
     for name in targets:
         try:
             release = releases.get(name) or read_release(gitops_dir, name, env)
+            if release is None and skip_undeployed:
+                undeployed.append(name)
+                continue
             if release is None:
                 raise ValidationError(
                     f"{control.path}/apps/{name}.yaml", "",
@@ -112,6 +120,7 @@ def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str
             inputs = AppInputs(platform=control.platform, app=control.apps[name], release=release,
                                addons=addons, previous_sealed=read_sealed(gitops_dir, layout))
             files.update(render_app(inputs, sealer, new_secret))
+            rendered.append(name)
         except ValidationErrors as e:
             errors.extend(e.errors)
         except ValidationError as e:
@@ -121,7 +130,8 @@ def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str
     generated, seeded = render_skeleton(control.platform)
     files.update(generated)
     removed = () if only else tuple(a for a in existing_apps(gitops_dir) if a not in control.apps)
-    return RenderResult(files=files, seeded=seeded, rendered_apps=tuple(targets), removed_apps=removed)
+    return RenderResult(files=files, seeded=seeded, rendered_apps=tuple(rendered), removed_apps=removed,
+                        undeployed_apps=tuple(undeployed))
 
 
 def parse_assignment(text: str, option: str) -> tuple[str, str]:

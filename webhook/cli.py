@@ -1,0 +1,45 @@
+"""The `cupaas` console script: the generator's commands plus `cupaas serve`.
+
+The webhook layer sits above the generator (webhook → generator), so the command that runs the
+service is added here rather than in generator/cli.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from generator.cli import cli, user_errors
+
+from .app import check_config
+from .serve import serve as run
+
+
+@cli.command()
+@click.argument("control")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Job queue and git caches (default: $CUPAAS_STATE_DIR or ~/.cache/cupaas).")
+@click.option("--control-branch", default="main", show_default=True, help="Branch of a control repo URL.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Job worker threads.")
+@click.option("--insecure-no-signature", is_flag=True,
+              help="Accept unsigned webhooks. Only on a network where nobody else can reach the service.")
+@user_errors
+def serve(control: str, host: str, port: int, state_dir: Path | None, control_branch: str, workers: int,
+          insecure_no_signature: bool) -> None:
+    """Run the webhook service for CONTROL (a control repo directory or git URL).
+
+    The webhook secret comes from $CUPAAS_WEBHOOK_SECRET.
+    """
+    config = {"CONTROL": control, "CONTROL_BRANCH": control_branch, "STATE_DIR": str(state_dir) if state_dir else None,
+              "WORKER_THREADS": workers, "INSECURE_NO_SIGNATURE": insecure_no_signature}
+    check_config(config)
+    click.echo(f"-----> cupaas serve: {control} on http://{host}:{port} ({workers} job worker(s))", err=True)
+    run(config, host, port)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="cupaas")

@@ -1,0 +1,53 @@
+"""`cupaas serve`: the webhook service under gunicorn (never Flask's development server).
+
+One gunicorn worker process with threads for HTTP; the job workers are threads of that same process
+(created by create_app after the fork), and the SQLite queue makes a restart lose nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from .app import create_app, runtime_of
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self._config = dict(config)
+        self._options = dict(options)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return create_app(self._config)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    """Let running jobs stop cleanly; an interrupted job is re-run at the next start."""
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask) and "cupaas" in app.extensions:
+        runtime_of(app).close()
+
+
+def serve(config: Mapping[str, Any], host: str, port: int, http_threads: int = 8) -> None:
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": http_threads,
+        "timeout": 120,
+        "graceful_timeout": 30,
+        "accesslog": "-",
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "cupaas-serve",
+        "worker_exit": _worker_exit,
+    }
+    _Gunicorn(config, options).run()

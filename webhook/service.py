@@ -1,0 +1,88 @@
+"""What the webhook service does with a verified push: which jobs it means, and how a job runs.
+
+Views stay thin: they parse and verify (events.py), then ask this module. Jobs run on the worker
+pool (worker.py) and call the same deploy pipeline as `cupaas deploy`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generator.builder import Builder
+from generator.deploy import Deployer, DeployError, reconcile
+from generator.errors import CupaasError, TransientError
+from generator.loading import load_control_repo
+
+from .control import ControlSource
+from .events import PushEvent
+from .jobs import Job
+from .repo_urls import repo_matches
+from .worker import JobOutcome
+
+Log = Callable[[str], None]
+JobRequest = tuple[str, str | None, str | None]  # (kind, app, commit)
+
+
+@dataclass
+class Service:
+    control: ControlSource
+    state_dir: Path
+    builder: Builder
+    on_step: Callable[[str, float], None] | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    def requests_for(self, events: Sequence[PushEvent]) -> tuple[list[JobRequest], str | None]:
+        """The jobs a push means, or none with the reason it is not for us."""
+        requests: list[JobRequest] = []
+        reasons: list[str] = []
+        for event in events:
+            if self.control.url and any(repo_matches(self.control.url, u) for u in event.repo_urls):
+                if event.branch == self.control.branch:
+                    requests.append(("reconcile", None, event.commit))
+                else:
+                    reasons.append(f"branch {event.branch!r} of the control repo is not {self.control.branch!r}")
+                continue
+            try:
+                control = load_control_repo(self.control.current(), check_cert=False)
+            except CupaasError as e:
+                reasons.append(f"the control repo does not validate: {e}")
+                continue
+            same_repo = [app for app in control.apps.values()
+                         if any(repo_matches(app.repo, u) for u in event.repo_urls)]
+            matched = [app for app in same_repo if app.branch == event.branch]
+            requests += [("deploy", app.name, event.commit) for app in matched]
+            if not same_repo:
+                reasons.append(f"no registered app has the repository {event.repo_urls[0]}")
+            elif not matched:
+                wanted = ", ".join(sorted({f"{a.name}: {a.branch}" for a in same_repo}))
+                reasons.append(f"branch {event.branch!r} is not a registered branch ({wanted})")
+        return requests, ("; ".join(reasons) or None) if not requests else None
+
+    def deployer(self, log: Log) -> Deployer:
+        return Deployer(control_dir=self.control.current(), builder=self.builder, state_dir=self.state_dir,
+                        log=log, environ=self.environ, on_step=self.on_step)
+
+    def run_job(self, job: Job, log: Log) -> JobOutcome:
+        """Run one job to its end; a failure is an outcome, never an exception."""
+        try:
+            if job.kind == "reconcile":
+                commit = self.control.refresh(log)
+                reason = f"control repo at {commit[:12]}" if commit else "control repo changed"
+                result = reconcile(self.deployer(log), reason)
+                return JobOutcome(state="succeeded", gitops_commit=result.gitops_commit,
+                                  pull_request=result.pull_request.url if result.pull_request else None)
+            assert job.app is not None
+            deployed = self.deployer(log).deploy(job.app, job.commit)
+            return JobOutcome(state="succeeded", image=str(deployed.image), gitops_commit=deployed.gitops_commit,
+                              pull_request=deployed.pull_request.url if deployed.pull_request else None)
+        except DeployError as e:
+            log(f"-----> Failed at step {e.step}")
+            for line in str(e.cause).splitlines():
+                log(f" !     {line}")
+            return JobOutcome(state="failed", error=str(e), transient=e.transient)
+        except CupaasError as e:
+            log(f" !     {e}")
+            return JobOutcome(state="failed", error=str(e), transient=isinstance(e, TransientError))

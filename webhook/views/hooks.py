@@ -1,0 +1,41 @@
+"""POST /hooks/<forge>: verify, parse, match, queue. Answers per design section 7."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ..app import runtime_of
+from ..events import FORGES, Ignored, WebhookError, parse_webhook
+
+bp = Blueprint("hooks", __name__)
+
+
+@bp.post("/hooks/<forge>")
+def receive(forge: str) -> Any:
+    runtime = runtime_of(current_app)
+    count = runtime.metrics.webhooks
+    if forge not in FORGES:
+        count.labels(forge="unknown", outcome="not_found").inc()
+        return jsonify(error=f"unknown forge {forge!r}; use one of: {', '.join(FORGES)}"), 404
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        parsed = parse_webhook(forge, request.headers, body, runtime.secret)
+    except WebhookError as e:
+        count.labels(forge=forge, outcome=str(e.status)).inc()
+        return jsonify(error=e.message), e.status
+    if isinstance(parsed, Ignored):
+        count.labels(forge=forge, outcome="ignored").inc()
+        return jsonify(ignored=parsed.reason), 200
+    events = parsed
+    requests, reason = runtime.service.requests_for(events)
+    if not requests:
+        count.labels(forge=forge, outcome="ignored").inc()
+        return jsonify(ignored=reason or "nothing to deploy"), 200
+    delivery = events[0].delivery
+    ids, new = runtime.queue.enqueue_delivery(delivery, requests)
+    count.labels(forge=forge, outcome="queued" if new else "duplicate").inc()
+    if not new:
+        return jsonify(jobs=ids, duplicate=True), 200
+    return jsonify(jobs=ids), 202
