@@ -40,7 +40,9 @@ class Runtime:
     secret: bytes | None
 
     def close(self) -> None:
-        self.pool.stop()
+        # Within gunicorn's graceful timeout (30 s): let a running job end, else put it back in the queue.
+        if not self.pool.stop(20):
+            self.pool.stop(5, abandon=True)
         self.queue.close()
 
 
@@ -84,12 +86,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     builder: Builder = settings.get("BUILDER") or DockerBuilder()
     service = Service(control=control, state_dir=state_dir, builder=builder, on_step=metrics.observe_step)
 
-    def run_job(job: Job, log: Any) -> JobOutcome:
-        outcome = service.run_job(job, log)
+    def finished(job: Job, outcome: JobOutcome, seconds: float) -> None:
         metrics.jobs_finished.labels(kind=job.kind, state=outcome.state).inc()
-        return outcome
 
-    pool = WorkerPool(queue, run_job, threads=int(settings.get("WORKER_THREADS", 2)))
+    pool = WorkerPool(queue, service.run_job, threads=int(settings.get("WORKER_THREADS", 2)), on_finish=finished)
     runtime = Runtime(service=service, queue=queue, pool=pool, metrics=metrics, secret=secret)
     app.extensions["cupaas"] = runtime
 

@@ -78,11 +78,7 @@ class Service:
             deployed = self.deployer(log).deploy(job.app, job.commit)
             return JobOutcome(state="succeeded", image=str(deployed.image), gitops_commit=deployed.gitops_commit,
                               pull_request=deployed.pull_request.url if deployed.pull_request else None)
-        except DeployError as e:
-            log(f"-----> Failed at step {e.step}")
-            for line in str(e.cause).splitlines():
-                log(f" !     {line}")
+        except DeployError as e:  # the worker pool logs the error as the job's last line
             return JobOutcome(state="failed", error=str(e), transient=e.transient)
         except CupaasError as e:
-            log(f" !     {e}")
             return JobOutcome(state="failed", error=str(e), transient=isinstance(e, TransientError))

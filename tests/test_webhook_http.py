@@ -1,0 +1,169 @@
+"""The webhook HTTP API (design section 7) through Flask's test client: status codes and what gets queued.
+
+Workers are not started here, so every accepted job stays queued and can be counted; running jobs
+end to end over a real port is tests/test_webhook_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from flask import Flask
+from flask.testing import FlaskClient
+from sealing_support import TEST_KEY_DIR
+from test_webhook_events import BY_ID, SECRET, Forge, raw
+
+from generator.errors import UserError
+from webhook.app import create_app, runtime_of
+
+# The repository and branch each forge's sample push names, registered as one app each.
+APPS = {
+    "github": ("tasks", "https://github.com/Acme/Tasks.git", "main"),
+    "gitea": ("app", "https://git.example.com/org/app.git", "main"),
+    "forgejo": ("shop", "https://code.example.org/team/shop.git", "release"),
+    "gitlab": ("portal", "https://gitlab.example.com/platform/web/portal.git", "feature/login"),
+    "bitbucket": ("billing", "https://bitbucket.org/acme-team/billing", "main"),
+}
+FORGE_IDS = sorted(APPS)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    control = tmp_path / "control"
+    (control / "apps").mkdir(parents=True)
+    (control / "cupaas.yaml").write_text(yaml.safe_dump({
+        "domain": "apps.example.com", "registry": "127.0.0.1:5000/cupaas",
+        "gitops": {"repo": (tmp_path / "gitops.git").as_uri(), "review": "direct"}}))
+    for name, repo, branch in APPS.values():
+        (control / "apps" / f"{name}.yaml").write_text(yaml.safe_dump({"repo": repo, "branch": branch}))
+    shutil.copy(TEST_KEY_DIR / "test-cert.pem", control / "sealing-cert.pem")
+    flask_app = create_app({"CONTROL": str(control), "STATE_DIR": str(tmp_path / "state"),
+                            "WEBHOOK_SECRET": SECRET.decode(), "START_WORKERS": False})
+    yield flask_app
+    runtime_of(flask_app).close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def _post(client: FlaskClient, forge: Forge, body: bytes, **header_options: Any) -> Any:
+    endpoint = "gitea" if forge.id == "forgejo" else forge.id
+    response = client.post(f"/hooks/{endpoint}", data=body, headers=forge.headers(body, **header_options))
+    assert response.status_code < 500, response.get_data(as_text=True)
+    return response
+
+
+def _queued(app: Flask) -> int:
+    return runtime_of(app).queue.counts().get("queued", 0)
+
+
+@pytest.mark.parametrize("forge_id", FORGE_IDS)
+def test_signed_push_for_a_registered_app_is_accepted_and_queued(app: Flask, client: FlaskClient,
+                                                                  forge_id: str) -> None:
+    forge = BY_ID[forge_id]
+    response = _post(client, forge, raw(forge))
+    assert response.status_code == 202, response.get_json()
+    [job_id] = response.get_json()["jobs"]
+    job = client.get(f"/jobs/{job_id}").get_json()
+    assert job["app"] == APPS[forge_id][0] and job["state"] == "queued" and job["commit"] == forge.expected.commit
+    assert set(job) >= {"id", "app", "commit", "state", "image", "gitops_commit", "pull_request", "error", "log"}
+    assert _queued(app) == 1
+
+
+@pytest.mark.parametrize("forge_id", FORGE_IDS)
+def test_wrong_signature_is_401_and_queues_nothing(app: Flask, client: FlaskClient, forge_id: str) -> None:
+    forge = BY_ID[forge_id]
+    response = _post(client, forge, raw(forge), key=b"not-the-secret")
+    assert response.status_code == 401
+    assert SECRET.decode() not in response.get_data(as_text=True)
+    assert _queued(app) == 0
+
+
+@pytest.mark.parametrize("forge_id", FORGE_IDS)
+def test_missing_signature_is_401_and_queues_nothing(app: Flask, client: FlaskClient, forge_id: str) -> None:
+    forge = BY_ID[forge_id]
+    assert _post(client, forge, raw(forge), key=None).status_code == 401
+    assert _queued(app) == 0
+
+
+@pytest.mark.parametrize("forge_id", FORGE_IDS)
+def test_replayed_delivery_returns_the_original_jobs_and_queues_nothing(app: Flask, client: FlaskClient,
+                                                                         forge_id: str) -> None:
+    forge = BY_ID[forge_id]
+    first = _post(client, forge, raw(forge))
+    again = _post(client, forge, raw(forge))
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.get_json()["jobs"] == first.get_json()["jobs"]
+    assert _queued(app) == 1
+
+
+def test_malformed_json_is_400(app: Flask, client: FlaskClient) -> None:
+    assert _post(client, BY_ID["github"], b'{"ref": "refs/heads/main",').status_code == 400
+    assert _queued(app) == 0
+
+
+def test_body_over_the_limit_is_413(app: Flask, client: FlaskClient) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    body = json.dumps({"padding": "x" * 4096}).encode()
+    assert _post(client, BY_ID["github"], body).status_code == 413
+    assert _queued(app) == 0
+
+
+def _github_push(**changes: Any) -> bytes:
+    data = json.loads(raw(BY_ID["github"]))
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (_github_push(repository={"clone_url": "https://github.com/acme/other.git",
+                              "ssh_url": "git@github.com:acme/other.git",
+                              "html_url": "https://github.com/acme/other", "full_name": "acme/other",
+                              "name": "other"}), "no registered app"),
+    (_github_push(ref="refs/heads/experiment"), "not a registered branch"),
+    (_github_push(ref="refs/tags/v1.0.0"), "tag"),
+    (_github_push(after="0" * 40, deleted=True), "delet"),
+], ids=["unknown-repo", "other-branch", "tag-push", "branch-deletion"])
+def test_push_that_is_not_for_us_is_200_ignored(app: Flask, client: FlaskClient, body: bytes, reason: str) -> None:
+    response = _post(client, BY_ID["github"], body)
+    assert response.status_code == 200, response.get_json()
+    assert reason in response.get_json()["ignored"]
+    assert _queued(app) == 0
+
+
+def test_ping_is_200_ignored(app: Flask, client: FlaskClient) -> None:
+    forge = BY_ID["github"]
+    body = raw(forge, "ping")
+    response = _post(client, forge, body, event="ping")
+    assert response.status_code == 200 and "ping" in response.get_json()["ignored"]
+
+
+def test_unknown_forge_and_unknown_job_are_404(client: FlaskClient) -> None:
+    assert client.post("/hooks/sourceforge", data=b"{}").status_code == 404
+    assert client.get("/jobs/does-not-exist").status_code == 404
+
+
+def test_healthz_and_metrics(app: Flask, client: FlaskClient) -> None:
+    forge = BY_ID["github"]
+    _post(client, forge, raw(forge))
+    _post(client, forge, raw(forge), key=b"wrong")
+    assert client.get("/healthz").get_json()["status"] == "ok"
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'cupaas_webhook_requests_total{forge="github",outcome="queued"} 1.0' in text
+    assert 'cupaas_webhook_requests_total{forge="github",outcome="401"} 1.0' in text
+    assert 'cupaas_jobs{state="queued"} 1.0' in text
+
+
+def test_service_refuses_to_start_without_a_webhook_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUPAAS_WEBHOOK_SECRET", raising=False)
+    (tmp_path / "control").mkdir()
+    with pytest.raises(UserError, match="CUPAAS_WEBHOOK_SECRET"):
+        create_app({"CONTROL": str(tmp_path / "control"), "STATE_DIR": str(tmp_path / "state")})
