@@ -43,3 +43,26 @@ def serve(control: str, host: str, port: int, state_dir: Path | None, control_br
 
 def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="cupaas")
+
+
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("cupaas-demo"),
+              show_default=True, help="Everything the demo creates lives here; a second run reuses it.")
+@click.option("--once", is_flag=True, help="Check the URL answers, print the result, stop everything, exit.")
+@click.option("--registry", default="127.0.0.1:5000", show_default=True, help="The registry from scripts/dev-env.")
+@click.option("--base-image", default="127.0.0.1:5000/cupaas/python-base:bookworm", show_default=True,
+              help="The Python base image from scripts/dev-env.")
+@user_errors
+def demo(directory: Path, once: bool, registry: str, base_image: str) -> None:
+    """Run the whole loop locally: register, git push, build, commit to GitOps, and a URL to open."""
+    import os
+    import sys
+
+    from .demo import run_demo
+
+    kubectl = os.environ.get("CUPAAS_KUBECTL", "kubectl")
+    sys.exit(run_demo(directory, registry, base_image, once, echo=lambda line: click.echo(line), kubectl=kubectl))
+
+
+if __name__ == "__main__":
+    main()

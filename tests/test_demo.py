@@ -1,0 +1,63 @@
+"""`cupaas demo --once`: the whole loop on this machine, run as a person would, twice."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deploy_support import changed_files, export, git
+from k8s_validation import kubectl, kustomize_build, validate_documents
+
+pytestmark = pytest.mark.docker
+
+
+def _demo(directory: Path, registry: str, base_image: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "demo", "--dir", str(directory), "--once",
+         "--registry", registry, "--base-image", base_image],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env={**os.environ, "CUPAAS_KUBECTL": kubectl()})
+
+
+def _port_is_free(url: str) -> bool:
+    port = int(url.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_demo_once_completes_the_loop_and_a_second_run_redeploys_code_only(
+    tmp_path: Path, registry: str, base_image: str
+) -> None:
+    directory = tmp_path / "demo"
+    first = _demo(directory, registry, base_image)
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = first.stdout
+    assert "answers at http://127.0.0.1:" in out and "healthz: 200" in out, out
+    for step in ("Registering the app", "Starting the webhook service", "git push", "-----> Building",
+                 "-----> Pushing", "kubectl kustomize builds", "Demo complete"):
+        assert step in out, f"missing {step!r} in:\n{out}"
+    # Everything it made is under --dir; the GitOps repo holds a deploy commit whose overlay builds.
+    gitops = directory / "git" / "gitops.git"
+    tree = export(gitops, "main", tmp_path / "tree1")
+    kinds = {o["kind"] for o in validate_documents(kustomize_build(tree / "apps/tasks/overlays/production"))}
+    assert {"Deployment", "StatefulSet", "SealedSecret", "Ingress"} <= kinds
+    first_commit = git("rev-parse", "main", cwd=gitops)
+    # Everything the demo started is stopped: the service port and the app port are free again.
+    service = re.search(r"(http://127\.0\.0\.1:\d+) \(log:", out)
+    app = re.search(r"answers at (http://127\.0\.0\.1:\d+)", out)
+    assert service and app
+    assert _port_is_free(service.group(1)) and _port_is_free(app.group(1))
+
+    second = _demo(directory, registry, base_image)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "reusing" in second.stdout and "already registered" in second.stdout
+    second_commit = git("rev-parse", "main", cwd=gitops)
+    assert second_commit != first_commit
+    assert changed_files(gitops, first_commit, second_commit) == [
+        "apps/tasks/overlays/production/kustomization.yaml", "apps/tasks/release.yaml"]
+    assert not (tmp_path / "cupaas-demo").exists()
