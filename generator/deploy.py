@@ -23,9 +23,10 @@ from .gitops_repo import GitOpsRepo, redact
 from .gitops_tree import apply, read_release
 from .layout import AppLayout
 from .loading import load_control_repo
-from .models import ForgeSettings, ImageRef
+from .models import ControlRepo, ForgeSettings, ImageRef
 from .plugins import PluginRegistry
 from .releases import cert_sealer, plan_app, release_of, render_control
+from .rendering import Sealer
 from .sealing import SealingCert
 from .source import DirectorySource
 
@@ -116,18 +117,23 @@ class Deployer:
     forge_factory: Callable[[ForgeSettings, Mapping[str, str]], ForgeClient] = forge_client_from_env
     on_step: Callable[[str, float], None] | None = None  # (step, seconds) as each step ends
 
+    def configure(self) -> tuple[ControlRepo, PluginRegistry, Sealer, ForgeClient | None]:
+        """Load and check everything a deploy or reconcile needs before touching any remote."""
+        control = load_control_repo(self.control_dir)
+        platform = control.platform
+        sealer = cert_sealer(SealingCert.load(Path(self.control_dir) / platform.sealing_cert))
+        forge = None
+        if platform.gitops.review == "pull-request" and platform.gitops.forge is not None:
+            forge = self.forge_factory(platform.gitops.forge, self.environ)
+        return control, PluginRegistry(), sealer, forge
+
     def deploy(self, app: str, commit: str | None = None) -> DeployResult:
         steps = _Steps(self.log, self.on_step)
         log = steps.log
         with steps.step("configure"):
-            control = load_control_repo(self.control_dir)
+            control, registry, sealer, forge = self.configure()
             registration = control.app(app)
             platform = control.platform
-            registry = PluginRegistry()
-            sealer = cert_sealer(SealingCert.load(Path(self.control_dir) / platform.sealing_cert))
-            forge = None
-            if platform.gitops.review == "pull-request" and platform.gitops.forge is not None:
-                forge = self.forge_factory(platform.gitops.forge, self.environ)
         log(f"-----> Deploying {app} from {registration.branch} of {redact(registration.repo)}")
         with tempfile.TemporaryDirectory(prefix=f"cupaas-{app}-") as tmp:
             source_dir = Path(tmp) / "src"
@@ -225,13 +231,8 @@ def reconcile(deployer: Deployer, reason: str) -> ReconcileResult:
     log = deployer.log
     steps = _Steps(log, deployer.on_step)
     with steps.step("configure"):
-        control = load_control_repo(deployer.control_dir)
+        control, registry, sealer, forge = deployer.configure()
         platform = control.platform
-        registry = PluginRegistry()
-        sealer = cert_sealer(SealingCert.load(Path(deployer.control_dir) / platform.sealing_cert))
-        forge = None
-        if platform.gitops.review == "pull-request" and platform.gitops.forge is not None:
-            forge = deployer.forge_factory(platform.gitops.forge, deployer.environ)
     outcome: dict[str, tuple[str, ...]] = {}
 
     def apply_change(worktree: Path) -> Sequence[str]:

@@ -10,7 +10,6 @@ import concurrent.futures
 import contextlib
 import gc
 import json
-import os
 import pathlib
 import socket
 import time
@@ -37,26 +36,7 @@ HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 Build = Callable[..., ImageRef]
 
 
-def _setting(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(
-            f"{name} is not set. These tests need dockerd and the local registry: run them with "
-            "scripts/test, or start them with `scripts/dev-env up` and export CUPAAS_TEST_REGISTRY and "
-            "CUPAAS_TEST_PYTHON_BASE_IMAGE from its output (registry=..., python_base_image=...).",
-            pytrace=False,
-        )
-    return value
-
-
-@pytest.fixture(scope="session")
-def registry() -> str:
-    return _setting("CUPAAS_TEST_REGISTRY")
-
-
-@pytest.fixture(scope="session")
-def base_image() -> str:
-    return _setting("CUPAAS_TEST_PYTHON_BASE_IMAGE")
+# `registry` and `base_image` are session fixtures of tests/conftest.py.
 
 
 @pytest.fixture(scope="session")
