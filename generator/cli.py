@@ -183,3 +183,49 @@ def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | No
     except CupaasError as e:
         _fail(str(e))
         sys.exit(1)
+
+
+@cli.command(name="init")
+@click.argument("control_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("gitops_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--domain", default="apps.example.com", show_default=True, help="Apps answer at <app>.<domain>.")
+@click.option("--registry", default="registry.example.com/cupaas", show_default=True,
+              help="Where app images are pushed: <registry>/<app>:<commit sha>.")
+@click.option("--environment", default="production", show_default=True,
+              help="Overlay name; app namespaces are <app>-<environment>.")
+@click.option("--gitops-repo", metavar="URL",
+              help="The GitOps repo's git URL as cupaas and Argo CD will reach it "
+                   "(default: file:// URL of GITOPS_DIR, for trying cupaas on one machine).")
+@click.option("--gitops-branch", default="main", show_default=True, help="Branch Argo CD deploys from.")
+@click.option("--ingress-class", default="nginx", show_default=True, help="IngressClass of app Ingresses.")
+@click.option("--cluster-issuer", metavar="NAME", help="cert-manager ClusterIssuer: adds TLS to every app.")
+@click.option("--sealing-cert", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="The sealed-secrets controller's certificate (`kubeseal --fetch-cert > FILE`), copied "
+                   "into the control repo; without it, `cupaas validate` fails until you add it.")
+@click.option("--author", default="cupaas init <cupaas-init@localhost>", show_default=True,
+              metavar="'NAME <EMAIL>'", help="Author of the two first commits.")
+@user_errors
+def init_command(control_dir: Path, gitops_dir: Path, domain: str, registry: str, environment: str,
+                 gitops_repo: str | None, gitops_branch: str, ingress_class: str, cluster_issuer: str | None,
+                 sealing_cert: Path | None, author: str) -> None:
+    """Scaffold a new control repo and a new GitOps repo (git repos with a first commit each).
+
+    Both directories must be new or empty.
+    """
+    from .init import InitSettings, init_repos, parse_author
+
+    settings = InitSettings(domain=domain, registry=registry, environment=environment, gitops_repo=gitops_repo,
+                            gitops_branch=gitops_branch, ingress_class=ingress_class,
+                            cluster_issuer=cluster_issuer, sealing_cert=sealing_cert, author=parse_author(author))
+    result = init_repos(control_dir, gitops_dir, settings, log=click.echo)
+    for repo in (result.control, result.gitops):
+        click.echo(f"       {repo.path}: {len(repo.files)} file(s), commit {repo.commit[:12]} on {repo.branch}")
+    click.echo("Next:")
+    step = 1
+    if not result.has_cert:
+        click.echo(f"  {step}. kubeseal --fetch-cert > {control_dir}/sealing-cert.pem, and commit it "
+                   "(`cupaas validate` needs it)")
+        step += 1
+    click.echo(f"  {step}. edit {control_dir}/cupaas.yaml and {control_dir}/apps/, "
+               f"then `cupaas validate {control_dir}`")
+    click.echo(f"  {step + 1}. push both repos to your forge; Argo CD reads {result.gitops_repo} (docs/install.md)")
