@@ -61,7 +61,12 @@ def demo(directory: Path, once: bool, registry: str, base_image: str) -> None:
     from .demo import run_demo
 
     kubectl = os.environ.get("CUPAAS_KUBECTL", "kubectl")
-    sys.exit(run_demo(directory, registry, base_image, once, echo=lambda line: click.echo(line), kubectl=kubectl))
+    try:
+        status = run_demo(directory, registry, base_image, once, echo=lambda line: click.echo(line), kubectl=kubectl)
+    except KeyboardInterrupt:  # run_demo has already stopped what it started
+        click.echo("-----> Interrupted; everything the demo started is stopped", err=True)
+        status = 130
+    sys.exit(status)
 
 
 if __name__ == "__main__":
