@@ -23,7 +23,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         for key, value in self._options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # settings newer than the installed gunicorn are skipped
+                self.cfg.set(key, value)
 
     def load(self) -> Flask:
         return create_app(self._config)
@@ -49,5 +50,7 @@ def serve(config: Mapping[str, Any], host: str, port: int, http_threads: int = 8
         "loglevel": "info",
         "proc_name": "cupaas-serve",
         "worker_exit": _worker_exit,
+        # gunicorn >= 25.1 otherwise shares one control socket among all its servers of this user.
+        "control_socket_disable": True,
     }
     _Gunicorn(config, options).run()

@@ -7,6 +7,7 @@ pool (worker.py) and call the same deploy pipeline as `cupaas deploy`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 from generator.builder import Builder
 from generator.deploy import Deployer, DeployError, reconcile
 from generator.errors import CupaasError, TransientError
-from generator.loading import load_control_repo
+from generator.loading import APPS_DIR, PLATFORM_FILE, load_control_repo
+from generator.models import ControlRepo
 
 from .control import ControlSource
 from .events import PushEvent
@@ -33,11 +35,14 @@ class Service:
     builder: Builder
     on_step: Callable[[str, float], None] | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    _cache: tuple[object, ControlRepo] | None = field(default=None, init=False, repr=False)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def requests_for(self, events: Sequence[PushEvent]) -> tuple[list[JobRequest], str | None]:
         """The jobs a push means, or none with the reason it is not for us."""
         requests: list[JobRequest] = []
         reasons: list[str] = []
+        control: ControlRepo | None = None
         for event in events:
             if self.control.url and any(repo_matches(self.control.url, u) for u in event.repo_urls):
                 if event.branch == self.control.branch:
@@ -46,7 +51,7 @@ class Service:
                     reasons.append(f"branch {event.branch!r} of the control repo is not {self.control.branch!r}")
                 continue
             try:
-                control = load_control_repo(self.control.current(), check_cert=False)
+                control = control or self._control_repo()
             except CupaasError as e:
                 reasons.append(f"the control repo does not validate: {e}")
                 continue
@@ -60,6 +65,16 @@ class Service:
                 wanted = ", ".join(sorted({f"{a.name}: {a.branch}" for a in same_repo}))
                 reasons.append(f"branch {event.branch!r} is not a registered branch ({wanted})")
         return requests, ("; ".join(reasons) or None) if not requests else None
+
+    def _control_repo(self) -> ControlRepo:
+        """The validated control repo, loaded again only when its files change (it is read on every push)."""
+        root = self.control.current()
+        files = [root / PLATFORM_FILE, *sorted((root / APPS_DIR).glob("*"))]
+        key = (str(root), tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists()))
+        with self._cache_lock:
+            if self._cache is None or self._cache[0] != key:
+                self._cache = (key, load_control_repo(root, check_cert=False))
+            return self._cache[1]
 
     def deployer(self, log: Log) -> Deployer:
         return Deployer(control_dir=self.control.current(), builder=self.builder, state_dir=self.state_dir,
