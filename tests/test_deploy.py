@@ -33,7 +33,7 @@ from k8s_validation import kustomize_build, validate_documents
 import generator.deploy
 from generator.builder import DockerBuilder
 from generator.cli import cli
-from generator.deploy import Deployer, DeployError, DeployResult
+from generator.deploy import Deployer, DeployError, DeployResult, reconcile
 
 pytestmark = pytest.mark.docker
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -267,3 +267,37 @@ def test_pull_request_mode_keeps_one_pr_per_app_and_environment(
     changed = changed_files(gitops, "main", second.gitops_commit)
     assert "apps/tasks/release.yaml" in changed
     assert all(p.startswith(("apps/tasks/", "argocd/")) or p == "apps/.gitkeep" for p in changed), changed
+
+
+# --- control-repo reconcile: re-render from release records, no rebuild ----------------------------
+
+
+def test_reconcile_rerenders_changed_registrations_and_removes_deleted_apps(
+    tmp_path: Path, registry: str, base_image: str
+) -> None:
+    tasks, notes = make_app_repo(tmp_path, "tasks"), make_app_repo(tmp_path, "notes")
+    gitops = make_gitops_repo(tmp_path)
+    control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"tasks": tasks.url, "notes": notes.url})
+    logs: list[str] = []
+    deployer = Deployer(control_dir=control, builder=DockerBuilder(), state_dir=tmp_path / "state", log=logs.append)
+    deployed = deployer.deploy("tasks")
+    deployer.deploy("notes")
+    before = heads(gitops)["main"]
+    # The registration of tasks changes, notes is removed, and "later" is registered but never deployed.
+    entry = control / "apps" / "tasks.yaml"
+    entry.write_text(entry.read_text() + "env: {LOG_LEVEL: debug}\nreplicas: 3\n")
+    (control / "apps" / "notes.yaml").unlink()
+    (control / "apps" / "later.yaml").write_text(f"repo: {tasks.url}\nbranch: main\n")
+    logs.clear()
+    result = reconcile(deployer, "test")
+    assert result.removed == ("notes",) and result.undeployed == ("later",) and result.rendered == ("tasks",)
+    assert not any("Building" in line for line in logs), "a reconcile never rebuilds"
+    changed = changed_files(gitops, before, result.gitops_commit)
+    assert changed and all(p.startswith(("apps/tasks/overlays/", "apps/notes/")) for p in changed), changed
+    tree = export(gitops, "main", tmp_path / "after")
+    assert not (tree / "apps/notes").exists()
+    assert str(deployed.image) in (tree / "apps/tasks/release.yaml").read_text()
+    objects = validate_documents(kustomize_build(tree / "apps/tasks/overlays/production"))
+    [config] = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert config["data"] == {"LOG_LEVEL": "debug"}
+    assert reconcile(deployer, "again").gitops_commit is None

@@ -167,3 +167,32 @@ def test_service_refuses_to_start_without_a_webhook_secret(tmp_path: Path, monke
     (tmp_path / "control").mkdir()
     with pytest.raises(UserError, match="CUPAAS_WEBHOOK_SECRET"):
         create_app({"CONTROL": str(tmp_path / "control"), "STATE_DIR": str(tmp_path / "state")})
+
+
+def test_push_to_the_control_repo_queues_a_reconcile(tmp_path: Path, app: Flask) -> None:
+    from deploy_support import git
+
+    control_dir = Path(runtime_of(app).service.control.current())
+    bare = tmp_path / "control.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    git("init", "-q", "-b", "main", cwd=control_dir)
+    git("add", "-A", cwd=control_dir)
+    git("commit", "-q", "-m", "Control repo", cwd=control_dir)
+    git("push", "-q", bare.as_uri(), "main", cwd=control_dir)
+    served = create_app({"CONTROL": bare.as_uri(), "STATE_DIR": str(tmp_path / "state2"),
+                         "WEBHOOK_SECRET": SECRET.decode(), "START_WORKERS": False})
+    try:
+        client = served.test_client()
+        head = git("rev-parse", "HEAD", cwd=control_dir)
+        body = _github_push(after=head, repository={"clone_url": bare.as_uri(), "html_url": bare.as_uri(),
+                                                    "full_name": "local/control", "name": "control"})
+        response = _post(client, BY_ID["github"], body)
+        assert response.status_code == 202, response.get_json()
+        [job_id] = response.get_json()["jobs"]
+        job = client.get(f"/jobs/{job_id}").get_json()
+        assert job["kind"] == "reconcile" and job["app"] is None
+        other = _post(client, BY_ID["github"], body.replace(b"refs/heads/main", b"refs/heads/wip"),
+                      delivery="another-delivery")
+        assert other.status_code == 200 and "control repo" in other.get_json()["ignored"]
+    finally:
+        runtime_of(served).close()
