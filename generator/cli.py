@@ -12,14 +12,13 @@ import click
 
 from . import __version__, names
 from .errors import CupaasError, ValidationErrors
-from .gitops_tree import apply, read_release
+from .gitops_tree import apply
 from .layout import AppLayout
 from .loading import PLATFORM_FILE, load_control_repo, parse_yaml, platform_from_raw, schema_errors
-from .models import ImageRef, Release
+from .models import ImageRef
 from .plugins import PluginRegistry
-from .releases import cert_sealer, commit_of, parse_assignment, release_from_source, render_control
+from .releases import cert_sealer, parse_assignment, release_for, render_control
 from .sealing import SealingCert, seal
-from .source import DirectorySource
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,26 +87,8 @@ def render(control_dir: Path, out: Path, only: str | None, sources: Sequence[str
         control.app(app)
     if only and not set([*source_dirs, *image_refs]) <= {only}:
         raise click.BadParameter("with --app, --source and --image may only name that app")
-    releases: dict[str, Release] = {}
-    for app in sorted(set(source_dirs) | set(image_refs)):
-        recorded = read_release(out, app, control.platform.environment)
-        image = image_refs.get(app) or (recorded.image if recorded else None)
-        if image is None:
-            raise CupaasError(f"app {app!r}: no image; pass --image {app}=REF (nothing is recorded in {out})")
-        if app in source_dirs:
-            directory = Path(source_dirs[app])
-            if not directory.is_dir():
-                raise CupaasError(f"--source {app}={directory}: not a directory")
-            releases[app] = release_from_source(control, app, DirectorySource(directory), image, None,
-                                                registry, shown=f"{directory}/.cupaas")
-        elif recorded is not None:
-            same = recorded.image == image
-            releases[app] = Release(app=app, commit=recorded.commit if same else commit_of(image),
-                                    image=image, config=recorded.config,
-                                    start_command=recorded.start_command,
-                                    start_command_source=recorded.start_command_source)
-        else:
-            raise CupaasError(f"app {app!r}: no .cupaas; pass --source {app}=DIR (nothing is recorded in {out})")
+    releases = {app: release_for(control, out, app, source_dirs.get(app), image_refs.get(app), registry)
+                for app in sorted(set(source_dirs) | set(image_refs))}
     cert = SealingCert.load(Path(control_dir) / control.platform.sealing_cert)
     result = render_control(control, out, releases, only, registry, cert_sealer(cert))
     changed = apply(out, result.files, result.rendered_apps, result.removed_apps, result.seeded)

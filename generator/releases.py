@@ -22,7 +22,7 @@ from .plugins import Plugin, PluginRegistry
 from .rendering import AppInputs, Files, Sealer, render_app, render_skeleton
 from .runtimes import plan_build
 from .sealing import SealingCert, seal
-from .source import SourceTree
+from .source import DirectorySource, SourceTree
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _ALPHABET = string.ascii_letters + string.digits
@@ -50,6 +50,30 @@ def release_from_source(control: ControlRepo, app: str, source: SourceTree, imag
     """The release of an app source and its image, recording the start command the plugin chose."""
     config, plan = plan_app(control, app, source, registry, shown)
     return release_of(app, config, plan, image, commit)
+
+
+def release_for(control: ControlRepo, gitops_dir: Path, app: str, source_dir: str | None, image: ImageRef | None,
+                registry: PluginRegistry) -> Release:
+    """An app's release from what `cupaas render` was given, completed from its release record.
+
+    `.cupaas` comes from ``source_dir`` (a checkout) and the image from ``image``; whichever is not
+    given comes from `apps/<app>/release.yaml` in ``gitops_dir``.
+    """
+    recorded = read_release(gitops_dir, app, control.platform.environment)
+    image = image or (recorded.image if recorded else None)
+    if image is None:
+        raise UserError(f"app {app!r}: no image; pass --image {app}=REF (nothing is recorded in {gitops_dir})")
+    if source_dir is not None:
+        directory = Path(source_dir)
+        if not directory.is_dir():
+            raise UserError(f"--source {app}={directory}: not a directory")
+        return release_from_source(control, app, DirectorySource(directory), image, None, registry,
+                                   shown=f"{directory}/.cupaas")
+    if recorded is None:
+        raise UserError(f"app {app!r}: no .cupaas; pass --source {app}=DIR (nothing is recorded in {gitops_dir})")
+    commit = recorded.commit if recorded.image == image else commit_of(image)
+    return Release(app=app, commit=commit, image=image, config=recorded.config,
+                   start_command=recorded.start_command, start_command_source=recorded.start_command_source)
 
 
 def release_of(app: str, config: AppConfig, plan: BuildPlan, image: ImageRef, commit: str | None) -> Release:
