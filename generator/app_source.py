@@ -36,6 +36,10 @@ class FetchedCommit:
     branch: str
 
 
+class OlderCommit(UserError):
+    """The requested commit is already behind what is deployed (a replayed or late webhook)."""
+
+
 class AppSource:
     """The git repo of one app at ``url``, fetched through a clone cached in ``cache_dir``.
 
@@ -50,7 +54,7 @@ class AppSource:
         self._log = log
         self._clone_dir, self._lock_path = cache_location(cache_dir, url)
 
-    def export(self, branch: str, commit: str | None, dest: Path) -> FetchedCommit:
+    def export(self, branch: str, commit: str | None, dest: Path, not_before: str | None = None) -> FetchedCommit:
         """Fetch, then write the files of ``commit`` (default: the head of ``branch``) into ``dest``.
 
         ``commit`` (full or abbreviated id) must be on ``branch`` as the remote has it now, so a deploy
@@ -69,6 +73,10 @@ class AppSource:
             clone.fetch()
             self._log(f"       fetched {self.shown_url}")
             sha = self._resolve(clone, branch, commit)
+            if (not_before and not_before != sha and clone.commit_id(not_before) == not_before
+                    and clone.is_ancestor(sha, not_before)):
+                raise OlderCommit(f"commit {sha[:12]} is older than the deployed {not_before[:12]}: not deploying "
+                                  "it (roll back with a revert commit, or `cupaas deploy --commit`)")
             message = clone.output("log", "-1", "--no-show-signature", "--encoding=UTF-8", "--format=%B", sha)
             tar_path = clone.git_dir / _EXPORT_TAR
             try:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .app_source import AppSource
+from .app_source import AppSource, OlderCommit
 from .builder import Builder
 from .errors import CupaasError, TransientError
 from .forges import ForgeClient, PullRequest, forge_client_from_env
@@ -23,7 +23,8 @@ from .gitops_repo import GitOpsRepo, redact
 from .gitops_tree import apply, read_release
 from .layout import AppLayout
 from .loading import load_control_repo
-from .models import ControlRepo, ForgeSettings, ImageRef
+from .manifests import read_yaml
+from .models import ControlRepo, ForgeSettings, ImageRef, Platform
 from .plugins import PluginRegistry
 from .releases import cert_sealer, plan_app, release_of, render_control
 from .rendering import Sealer
@@ -92,7 +93,7 @@ class _Steps:
         self.step_to(name)
         try:
             yield
-        except DeployError:
+        except (DeployError, OlderCommit):
             raise
         except CupaasError as e:
             raise DeployError(self.current, e) from e
@@ -127,7 +128,20 @@ class Deployer:
             forge = self.forge_factory(platform.gitops.forge, self.environ)
         return control, PluginRegistry(), sealer, forge
 
-    def deploy(self, app: str, commit: str | None = None) -> DeployResult:
+    def _deployed_commit(self, platform: Platform, app: str) -> str | None:
+        """The commit the GitOps branch deploys for ``app`` now, from its release record."""
+        gitops = GitOpsRepo(platform.gitops.repo, platform.gitops.branch, self.state_dir / "gitops")
+        text = gitops.read_file(AppLayout(app, platform.environment).release)
+        record = read_yaml(text) if text else None
+        commit = record.get("commit") if isinstance(record, dict) else None
+        return str(commit) if commit else None
+
+    def deploy(self, app: str, commit: str | None = None, refuse_older: bool = False) -> DeployResult:
+        """Deploy one commit (default: the branch head) of ``app``.
+
+        With ``refuse_older`` (webhook jobs), a commit that is an ancestor of the deployed one raises
+        OlderCommit instead: a replayed or late push must never roll an app back.
+        """
         steps = _Steps(self.log, self.on_step)
         log = steps.log
         with steps.step("configure"):
@@ -138,8 +152,9 @@ class Deployer:
         with tempfile.TemporaryDirectory(prefix=f"cupaas-{app}-") as tmp:
             source_dir = Path(tmp) / "src"
             with steps.step("fetch"):
+                deployed = self._deployed_commit(platform, app) if refuse_older else None
                 fetched = AppSource(registration.repo, self.state_dir / "apps", log).export(
-                    registration.branch, commit, source_dir)
+                    registration.branch, commit, source_dir, not_before=deployed)
             subject = "".join(ch if ch.isprintable() else " " for ch in fetched.subject)
             log(f"       commit {fetched.sha[:12]}: {subject}")
             with steps.step("plan"):

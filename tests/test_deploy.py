@@ -31,6 +31,7 @@ from fake_forge import (
 from k8s_validation import kustomize_build, validate_documents
 
 import generator.deploy
+from generator.app_source import OlderCommit
 from generator.builder import DockerBuilder
 from generator.cli import cli
 from generator.deploy import Deployer, DeployError, DeployResult, reconcile
@@ -301,3 +302,15 @@ def test_reconcile_rerenders_changed_registrations_and_removes_deleted_apps(
     [config] = [o for o in objects if o["kind"] == "ConfigMap"]
     assert config["data"] == {"LOG_LEVEL": "debug"}
     assert reconcile(deployer, "again").gitops_commit is None
+
+
+def test_webhook_deploy_of_an_older_commit_is_refused_and_changes_nothing(world: dict) -> None:
+    old = world["app"].head()
+    world["app"].commit("Newer", {"templates/extra.txt": "newer\n"})
+    newer = _deploy(world)
+    before = heads(world["gitops"])
+    with pytest.raises(OlderCommit, match="older than the deployed"):
+        world["deployer"].deploy("tasks", old, refuse_older=True)
+    assert heads(world["gitops"]) == before and newer.gitops_commit == before["main"]
+    # `cupaas deploy --commit` (no refuse_older) is how a person rolls back on purpose.
+    assert world["deployer"].deploy("tasks", old).commit == old

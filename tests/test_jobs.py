@@ -182,12 +182,20 @@ def test_finish_records_outcome_in_the_api_shape(queue: SqliteJobQueue) -> None:
     json.dumps(body)
 
 
-@pytest.mark.parametrize("state", ["queued", "running", "superseded"])
+@pytest.mark.parametrize("state", ["queued", "running"])
 def test_finish_refuses_a_state_that_is_not_final(queue: SqliteJobQueue, state: str) -> None:
     job_id = deploy(queue, "shop", "c1")
     claim(queue)
     with pytest.raises(ValueError):
         queue.finish(job_id, state=state)
+
+
+def test_running_job_can_finish_superseded_when_a_newer_commit_is_deployed(queue: SqliteJobQueue) -> None:
+    job_id = deploy(queue, "shop", "c1")
+    claim(queue)
+    queue.finish(job_id, state="superseded", error="commit c1 is older than the deployed c2")
+    job = queue.get(job_id)
+    assert job is not None and job.state == "superseded" and "older" in (job.error or "")
 
 
 def test_finish_and_log_of_a_job_not_running_here_raise_job_lost(queue: SqliteJobQueue, db: Path) -> None:

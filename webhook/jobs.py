@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 STATES = ("queued", "running", "succeeded", "failed", "superseded")
-FINISHED = ("succeeded", "failed")
+FINISHED = ("succeeded", "failed", "superseded")
 KINDS = ("deploy", "reconcile")
 Request = tuple[str, str | None, str | None]  # (kind, app, commit)
 

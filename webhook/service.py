@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from generator.app_source import OlderCommit
 from generator.builder import Builder
 from generator.deploy import Deployer, DeployError, reconcile
 from generator.errors import CupaasError, TransientError
@@ -90,9 +91,12 @@ class Service:
                 return JobOutcome(state="succeeded", gitops_commit=result.gitops_commit,
                                   pull_request=result.pull_request.url if result.pull_request else None)
             assert job.app is not None
-            deployed = self.deployer(log).deploy(job.app, job.commit)
+            deployed = self.deployer(log).deploy(job.app, job.commit, refuse_older=True)
             return JobOutcome(state="succeeded", image=str(deployed.image), gitops_commit=deployed.gitops_commit,
                               pull_request=deployed.pull_request.url if deployed.pull_request else None)
+        except OlderCommit as e:
+            log(f"-----> Superseded: {e}")
+            return JobOutcome(state="superseded", error=str(e))
         except DeployError as e:  # the worker pool logs the error as the job's last line
             return JobOutcome(state="failed", error=str(e), transient=e.transient)
         except CupaasError as e:

@@ -43,7 +43,7 @@ _MAX_ERROR = 1000
 
 @dataclass(frozen=True)
 class JobOutcome:
-    state: str  # "succeeded" | "failed"
+    state: str  # "succeeded" | "failed" | "superseded" (a newer commit is already deployed)
     image: str | None = None
     gitops_commit: str | None = None
     pull_request: str | None = None  # url
