@@ -52,6 +52,7 @@ class DeployResult:
     subject: str
     image: ImageRef
     gitops_commit: str | None  # None: the GitOps repo already held exactly this
+    already_in: str | None  # then: the GitOps commit that already deploys it
     branch: str  # where the commit went: the GitOps branch or the review branch
     pull_request: PullRequest | None
     changed: tuple[str, ...]
@@ -211,7 +212,7 @@ class Deployer:
         url = f"https://{layout.host(platform.domain)}"
         log(f"-----> Done: {app} {fetched.sha[:12]} will answer at {url} once Argo CD syncs")
         return DeployResult(app=app, commit=fetched.sha, subject=subject, image=image,
-                            gitops_commit=published.commit, branch=published.branch,
+                            gitops_commit=published.commit, already_in=published.current, branch=published.branch,
                             pull_request=published.pull_request, changed=published.changed, url=url)
 
 

@@ -46,6 +46,7 @@ class Published:
     branch: str  # the branch pushed: the GitOps branch, or the review branch
     changed: tuple[str, ...]  # paths this publish changes relative to the GitOps branch, sorted
     pull_request: PullRequest | None
+    current: str | None = None  # with commit None: the head of the GitOps branch, which already holds it
 
 
 class GitOpsRepo:
@@ -182,7 +183,7 @@ class GitOpsRepo:
         changed = clone.stage_all(base.sha if base else None)
         if not changed:
             self._log(f"-----> Nothing changed on {self.branch}; no commit")
-            return Published(None, target, (), None)
+            return Published(None, target, (), None, current=base.sha if base else None)
         tree = clone.output("write-tree").strip()
         lease = heads.get(target) if review_branch else base
         if review_branch is not None and lease is not None and lease.tree == tree:

@@ -112,7 +112,7 @@ def test_deploying_the_same_commit_again_makes_no_commit(world: dict) -> None:
     first = _deploy(world)
     before = heads(world["gitops"])
     again = _deploy(world)
-    assert again.gitops_commit is None
+    assert again.gitops_commit is None and again.already_in == first.gitops_commit
     assert heads(world["gitops"]) == before and before["main"] == first.gitops_commit
 
 

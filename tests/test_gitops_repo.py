@@ -130,7 +130,7 @@ def test_publish_rewriting_same_bytes_makes_no_commit(bare: Path, url: str, tmp_
     # The callback claims a change; the tree decides.
     published = new_repo(url, tmp_path / "cache").publish(writer({APP_FILE: "a\n"}), "Deploy tasks")
 
-    assert published == Published(None, BRANCH, (), None)
+    assert published == Published(None, BRANCH, (), None, current=head)
     assert branches(bare) == {BRANCH: head}
 
 
@@ -230,7 +230,7 @@ def test_pr_mode_without_change_pushes_nothing_and_skips_forge(bare: Path, url: 
         writer({APP_FILE: "a\n"}), "Deploy tasks", review_branch=REVIEW, forge=forge
     )
 
-    assert published == Published(None, REVIEW, (), None)
+    assert published == Published(None, REVIEW, (), None, current=base)
     assert branches(bare) == {BRANCH: base}
     assert forge.calls == []
 

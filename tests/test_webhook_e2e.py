@@ -281,6 +281,7 @@ def test_service_killed_while_a_job_runs_completes_it_after_restart(tmp_path: Pa
         assert deploy_commit_count(gitops, "slow", sha) == 1
         assert len(deploy_commits(gitops, "slow")) == 1
         assert release(gitops, "slow")["commit"] == sha
+        assert job["gitops_commit"] == heads(gitops)["main"]
     finally:
         service.stop()
     assert service.problems() == []

@@ -92,7 +92,9 @@ class Service:
                                   pull_request=result.pull_request.url if result.pull_request else None)
             assert job.app is not None
             deployed = self.deployer(log).deploy(job.app, job.commit, refuse_older=True)
-            return JobOutcome(state="succeeded", image=str(deployed.image), gitops_commit=deployed.gitops_commit,
+            # A re-run (after a crash) finds its commit already made: report that commit.
+            gitops_commit = deployed.gitops_commit or deployed.already_in
+            return JobOutcome(state="succeeded", image=str(deployed.image), gitops_commit=gitops_commit,
                               pull_request=deployed.pull_request.url if deployed.pull_request else None)
         except OlderCommit as e:
             log(f"-----> Superseded: {e}")
