@@ -52,11 +52,11 @@ class DeployResult:
     subject: str
     image: ImageRef
     gitops_commit: str | None  # None: the GitOps repo already held exactly this
-    already_in: str | None  # then: the GitOps commit that already deploys it
     branch: str  # where the commit went: the GitOps branch or the review branch
     pull_request: PullRequest | None
     changed: tuple[str, ...]
     url: str
+    already_in: str | None = None  # with gitops_commit None: the GitOps commit that already deploys it
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 
-from generator.deploy import DeployError, DeployResult
+from generator.deploy import DeployError
 from generator.errors import TransientError, UserError
-from generator.forges import PullRequest
-from generator.models import ImageRef
 from webhook.jobs import Job, SqliteJobQueue
-from webhook.worker import JobOutcome, RetryPolicy, WorkerPool, deploy_runner
+from webhook.worker import JobOutcome, RetryPolicy, WorkerPool
 
 Log = Callable[[str], None]
 ENDED = ("succeeded", "failed", "superseded")
@@ -232,26 +230,3 @@ def test_pool_started_twice_refuses(queue: SqliteJobQueue, start_pool: Callable[
         pool.start()
 
 
-def test_deploy_runner_deploys_the_job_commit_with_the_job_log(queue: SqliteJobQueue) -> None:
-    image = ImageRef("registry/shop", "sha256:" + "b" * 64, "c1")
-    calls: list[tuple[str, str | None]] = []
-
-    class Deployer:
-        def __init__(self, log: Log) -> None:
-            self.log = log
-
-        def deploy(self, app: str, commit: str | None = None) -> DeployResult:
-            calls.append((app, commit))
-            self.log("-----> Done")
-            return DeployResult(app=app, commit="c1" * 20, subject="fix", image=image, gitops_commit="f00",
-                                branch="cupaas/shop-prod", pull_request=PullRequest(7, "https://forge/pr/7", True),
-                                changed=(), url="https://shop.example")
-
-    job_id = enqueue(queue, "shop", "c1")
-    job = queue.claim("test")
-    assert job is not None and job.id == job_id
-    lines: list[str] = []
-    outcome = deploy_runner(Deployer)(job, lines.append)  # type: ignore[arg-type]
-    assert outcome == JobOutcome(state="succeeded", image=str(image), gitops_commit="f00",
-                                 pull_request="https://forge/pr/7")
-    assert (calls, lines) == ([("shop", "c1")], ["-----> Done"])

@@ -34,7 +34,7 @@ from generator.git_cache import redact
 from .jobs import Job, JobLost, JobQueue
 
 if TYPE_CHECKING:
-    from generator.deploy import Deployer
+    pass
 
 logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
@@ -235,22 +235,6 @@ class WorkerPool:
                     warned = True
 
         return log
-
-
-def deploy_runner(deployer_for: Callable[[Log], Deployer]) -> RunJob:
-    """A `RunJob` for deploy jobs: a Deployer logging to the job deploys its app and commit.
-
-    A `DeployError` propagates, so a transient one is retried (see the module docstring).
-    """
-
-    def run(job: Job, log: Log) -> JobOutcome:
-        if job.kind != "deploy" or job.app is None:
-            raise ValueError(f"deploy_runner cannot run a {job.kind} job")
-        result = deployer_for(log).deploy(job.app, job.commit)
-        return JobOutcome(state="succeeded", image=str(result.image), gitops_commit=result.gitops_commit,
-                          pull_request=result.pull_request.url if result.pull_request else None)
-
-    return run
 
 
 def _one_line(error: BaseException | str) -> str:
