@@ -26,15 +26,11 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from generator.errors import CupaasError, TransientError
 from generator.git_cache import redact
 
 from .jobs import Job, JobLost, JobQueue
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
