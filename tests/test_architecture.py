@@ -23,7 +23,7 @@ FORBIDDEN_IN_CORE = ["flask", "docker", "git", "requests", "urllib.request", "ht
 # Generator modules that do I/O sit above the core (docs/architecture.md).
 GENERATOR_EDGES = ["generator.cli", "generator.deploy", "generator.builder", "generator.gitops_repo",
                    "generator.forges", "generator.gitops_tree", "generator.git_cache", "generator.app_source",
-                   "generator.releases"]  # fmt: skip
+                   "generator.releases", "generator.atomic_file"]  # fmt: skip
 
 CORE_FILES = [ROOT / "generator" / f"{name}.py" for name in CORE if (ROOT / "generator" / f"{name}.py").exists()]
 GENERATOR_FILES = sorted((ROOT / "generator").rglob("*.py"))

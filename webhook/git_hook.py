@@ -53,8 +53,9 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from generator.atomic_file import write_atomic
 
 FORGES = ("github", "gitea", "gitlab")
 HOOK_NAME = "post-receive"
@@ -316,16 +317,6 @@ def install_post_receive(bare_repo: Path, url: str, forge: str = "github", secre
     if not (git_dir / "HEAD").is_file() or not (git_dir / "objects").is_dir():
         raise ValueError(f"{repo} is not a git repository")
     script = post_receive_script(url, forge, secret_file, python, repo_url=repo_url, timeout=timeout)
-    hooks = git_dir / "hooks"
-    hooks.mkdir(exist_ok=True)
-    target = hooks / HOOK_NAME
-    fd, temporary = tempfile.mkstemp(dir=hooks, prefix=f".{HOOK_NAME}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(script)
-        os.chmod(temporary, 0o755)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    target = git_dir / "hooks" / HOOK_NAME
+    write_atomic(target, script.encode("utf-8"), mode=0o755)
     return target
