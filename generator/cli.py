@@ -14,7 +14,7 @@ from . import __version__, names
 from .errors import CupaasError, ValidationErrors
 from .gitops_tree import apply
 from .layout import AppLayout
-from .loading import PLATFORM_FILE, load_control_repo, parse_yaml, platform_from_raw, schema_errors
+from .loading import PLATFORM_FILE, load_control_repo, load_platform
 from .models import ImageRef
 from .plugins import PluginRegistry
 from .releases import cert_sealer, parse_assignment, release_for, render_control
@@ -105,16 +105,7 @@ def render(control_dir: Path, out: Path, only: str | None, sources: Sequence[str
 @user_errors
 def seal_command(control_dir: Path, app: str, key: str, value: str | None) -> None:
     """Print KEY's value sealed for APP's namespace, ready to paste under `secrets:`."""
-    platform_file = f"{control_dir}/{PLATFORM_FILE}"
-    try:
-        text = (control_dir / PLATFORM_FILE).read_text(encoding="utf-8")
-    except OSError:
-        raise CupaasError(f"{platform_file}: cannot be read; is {control_dir} a control repo?") from None
-    raw = parse_yaml(text, platform_file)
-    found = schema_errors(raw, "cupaas", platform_file)
-    if found:
-        raise ValidationErrors(found)
-    platform = platform_from_raw(raw)
+    platform = load_platform(control_dir, f"{control_dir}/{PLATFORM_FILE}")
     if not names.is_app_name(app):
         raise CupaasError(f"app {app!r}: not a valid app name: {names.APP_NAME_RULE}")
     if not names.is_env_name(key):

@@ -180,6 +180,15 @@ def _collect(errors: list[ValidationError], exc: ValidationError | ValidationErr
     errors.extend(exc.errors if isinstance(exc, ValidationErrors) else [exc])
 
 
+def load_platform(root: Path, shown: str) -> Platform:
+    """Read and validate `cupaas.yaml` alone (``shown`` is its path as the user should see it)."""
+    raw = parse_yaml(_read(root / PLATFORM_FILE, shown), shown)
+    found = schema_errors(raw, "cupaas", shown)
+    if found:
+        raise ValidationErrors(found)
+    return platform_from_raw(raw)
+
+
 def load_control_repo(control_dir: str | Path, check_cert: bool = True) -> ControlRepo:
     """Load and validate every file of a control repo; report all problems at once."""
     root = Path(control_dir)
@@ -191,11 +200,7 @@ def load_control_repo(control_dir: str | Path, check_cert: bool = True) -> Contr
     platform_file = f"{shown}/{PLATFORM_FILE}"
     platform: Platform | None = None
     try:
-        raw = parse_yaml(_read(root / PLATFORM_FILE, platform_file), platform_file)
-        found = schema_errors(raw, "cupaas", platform_file)
-        if found:
-            raise ValidationErrors(found)
-        platform = platform_from_raw(raw)
+        platform = load_platform(root, platform_file)
     except (ValidationError, ValidationErrors) as e:
         _collect(errors, e)
 
