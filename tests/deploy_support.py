@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +39,16 @@ class AppRepo:
     def head(self) -> str:
         return git("rev-parse", "HEAD", cwd=self.work)
 
-    def commit(self, message: str, files: dict[str, str] | None = None) -> str:
+    def commit(self, message: str, files: Mapping[str, str] | None = None, push: bool = True) -> str:
+        """Commit ``files`` in the work tree (and push it to main); returns the new sha."""
         for rel, text in (files or {}).items():
             path = self.work / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         git("add", "-A", cwd=self.work)
         git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
-        git("push", "-q", "origin", "HEAD:main", cwd=self.work)
+        if push:
+            git("push", "-q", "origin", "HEAD:main", cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work)
 
 

@@ -11,7 +11,6 @@ import contextlib
 import gc
 import json
 import pathlib
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -21,17 +20,15 @@ from typing import Any
 
 import docker
 import pytest
+from loopback import HTTP, MANIFEST_TYPES, free_port
 
 from generator.builder import DockerBuilder
 from generator.errors import TransientError, UserError
 from generator.models import ImageRef
 
-MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
 LABEL_SOURCE = "org.opencontainers.image.source"
 SOURCE = "https://git.example.com/acme/web.git"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
-# Plain HTTP over loopback, never through a proxy a machine may have configured.
-HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 Build = Callable[..., ImageRef]
 
@@ -118,11 +115,6 @@ def pushed_labels(registry: str, name: str, tag: str) -> dict[str, str]:
     return labels
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def run_in_image(engine: docker.DockerClient, ref: ImageRef, code: str) -> str:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from loopback import HTTP, free_port
 from packaging.specifiers import SpecifierSet
 from sealing_support import TEST_KEY_DIR
 
@@ -41,8 +41,6 @@ RECIPE_LABEL = "org.cupaas.test.recipe"
 USER_ID = 10001
 WEBHOOK_SECRET = "image-test-secret"
 IMAGE_REF = "registry.example.com/cupaas/hello:0123456789abcdef0123456789abcdef01234567@sha256:" + "cd" * 32
-# Plain HTTP over loopback, never through a proxy a machine may have configured.
-HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 pytestmark = pytest.mark.docker
 
@@ -234,10 +232,6 @@ def serve_available(engine: docker.DockerClient, image: str) -> None:
     assert status == 0, f"`cupaas serve --help` failed in the image: {output!r}"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str]:

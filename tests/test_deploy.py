@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from fake_forge import (
     fake_forge_servers_fixture,  # noqa: F401  (registers the fixture `fake_forge_servers`)
 )
 from k8s_validation import kustomize_build, validate_documents
+from loopback import HTTP, MANIFEST_TYPES, free_port
 
 import generator.deploy
 from generator.app_source import OlderCommit
@@ -37,14 +37,8 @@ from generator.cli import cli
 from generator.deploy import Deployer, DeployError, DeployResult, reconcile
 
 pytestmark = pytest.mark.docker
-HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -81,7 +75,7 @@ def test_deploy_pins_the_pushed_digest_and_the_image_serves_healthz(world: dict,
     # /healthz answers without MongoDB.
     record = yaml.safe_load((tree / "apps/tasks/release.yaml").read_text())
     command = record["start_command"].replace("0.0.0.0", "127.0.0.1")
-    port = _free_port()
+    port = free_port()
     client = docker.from_env()
     container = client.containers.run(str(result.image), detach=True, network_mode="host",
                                       environment={"PORT": str(port)}, command=["/bin/sh", "-c", f"exec {command}"])

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from deploy_support import AppRepo, git, heads, make_app_repo, make_control, make_gitops_repo
+from loopback import MANIFEST_TYPES
 from webhook_support import (
     HTTP,
     SECRET,
@@ -41,9 +42,6 @@ from webhook_support import (
 
 from webhook.events import BRANCH_DELETED, TAG_PUSH, Ignored, PushEvent, WebhookError, parse_webhook
 from webhook.git_hook import FORGES, install_post_receive, post_receive_script
-
-MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
-
 
 # --- the hook alone --------------------------------------------------------------------------------------
 

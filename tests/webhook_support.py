@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,22 +26,18 @@ from typing import Any
 
 import yaml
 from deploy_support import GIT_ENV, AppRepo, git
+from loopback import HTTP, free_port
 
 from webhook.app import SECRET_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "cupaas-e2e-secret-8d41f0c2"
 # Never through a proxy: everything here is on loopback.
-HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 ENDED = ("succeeded", "failed", "superseded")
 _HOOK_LINE = re.compile(r"^remote: cupaas: (\d{3}) (.*)$", re.MULTILINE)
 _SERVER_ERROR = re.compile(r'" 5\d\d \d+ "')  # gunicorn's access log: "GET /path HTTP/1.1" 500 123 "-" ...
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_secret(directory: Path, secret: str = SECRET) -> Path:
@@ -235,14 +230,8 @@ class PushAnswer:
 
 
 def commit(repo: AppRepo, message: str, files: Mapping[str, str] | None = None) -> str:
-    """Commit in the work tree without pushing; returns the new sha."""
-    for rel, text in (files or {}).items():
-        path = repo.work / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    git("add", "-A", cwd=repo.work)
-    git("commit", "-q", "--allow-empty", "-m", message, cwd=repo.work)
-    return git("rev-parse", "HEAD", cwd=repo.work)
+    """Commit in the work tree without pushing (the test pushes through the hook); returns the new sha."""
+    return repo.commit(message, files, push=False)
 
 
 def push(repo: AppRepo, refspec: str = "HEAD:main") -> PushAnswer:
