@@ -91,8 +91,3 @@ class AppLayout:
     def selector(self, component: str = WEB_COMPONENT) -> dict[str, str]:
         return {LABEL_NAME: self.app, LABEL_COMPONENT: component}
 
-
-def app_of_path(path: str) -> str | None:
-    """The app a GitOps path belongs to, or None for repo-level files."""
-    parts = path.split("/")
-    return parts[1] if len(parts) > 2 and parts[0] == APPS_DIR else None

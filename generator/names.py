@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 APP_NAME_MAX = 40
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # App names also name Services, which must be DNS-1035 labels (start with a letter).
 _APP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -14,10 +13,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def is_app_name(name: str) -> bool:
     """An app name is a DNS-1123 label of at most 40 characters that starts with a letter."""
     return len(name) <= APP_NAME_MAX and bool(_APP_NAME.match(name))
-
-
-def is_dns_label(name: str, max_len: int = 63) -> bool:
-    return len(name) <= max_len and bool(_DNS1123_LABEL.match(name))
 
 
 def is_env_name(name: str) -> bool:
