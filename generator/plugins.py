@@ -98,16 +98,20 @@ class PluginRegistry:
         self.runtimes = load_plugins("runtimes", roots)
         self.addons = load_plugins("addons", roots)
 
-    def runtime(self, name: str) -> Plugin:
-        return self._get(self.runtimes, "runtime", name)
+    def runtime(self, name: str, file: str = "", field: str = "") -> Plugin:
+        """The runtime ``name``; a miss names ``file`` and ``field`` (where the name came from)."""
+        return self._get(self.runtimes, "runtime", name, file, field)
 
-    def addon(self, name: str) -> Plugin:
-        return self._get(self.addons, "add-on", name)
+    def addon(self, name: str, file: str = "", field: str = "") -> Plugin:
+        """The add-on ``name``; a miss names ``file`` and ``field`` (where the name came from)."""
+        return self._get(self.addons, "add-on", name, file, field)
 
     @staticmethod
-    def _get(plugins: Mapping[str, Plugin], what: str, name: str) -> Plugin:
+    def _get(plugins: Mapping[str, Plugin], what: str, name: str, file: str, field: str) -> Plugin:
         try:
             return plugins[name]
         except KeyError:
-            known = ", ".join(plugins) or "none"
-            raise UserError(f"unknown {what} {name!r}; available: {known}") from None
+            message = f"unknown {what} {name!r}; available: {', '.join(plugins) or 'none'}"
+            if file:
+                raise ValidationError(file, field, message) from None
+            raise UserError(message) from None

@@ -18,7 +18,7 @@ from .gitops_tree import existing_apps, read_release, read_sealed
 from .layout import AppLayout
 from .loading import load_app_config
 from .models import AppConfig, BuildPlan, ControlRepo, ImageRef, Release
-from .plugins import Plugin, PluginRegistry
+from .plugins import PluginRegistry
 from .rendering import AppInputs, Files, Sealer, render_app, render_skeleton
 from .runtimes import plan_build
 from .sealing import SealingCert, seal
@@ -36,9 +36,9 @@ def plan_app(control: ControlRepo, app: str, source: SourceTree, registry: Plugi
              shown: str = ".cupaas") -> tuple[AppConfig, BuildPlan]:
     """Read `.cupaas`, check its runtime and add-ons exist, and let the runtime plugin plan the build."""
     config = load_app_config(source, shown)
-    runtime = _plugin(registry.runtimes, "runtime", config.runtime, shown, "runtime")
+    runtime = registry.runtime(config.runtime, shown, "runtime")
     for i, service in enumerate(config.services):
-        _plugin(registry.addons, "add-on", service, shown, f"services.{i}")
+        registry.addon(service, shown, f"services.{i}")
         if service == app:
             raise ValidationError(shown, f"services.{i}",
                                   f"the app is named {app!r} like this add-on; rename the app")
@@ -86,13 +86,6 @@ def commit_of(image: ImageRef) -> str | None:
     return image.tag if image.tag and _SHA.match(image.tag) else None
 
 
-def _plugin(plugins: Mapping[str, Plugin], what: str, name: str, shown: str, field: str) -> Plugin:
-    if name not in plugins:
-        known = ", ".join(plugins) or "none"
-        raise ValidationError(shown, field, f"unknown {what} {name!r}; available: {known}")
-    return plugins[name]
-
-
 def cert_sealer(cert: SealingCert) -> Sealer:
     def sealer(plaintext: str, namespace: str, name: str) -> str:
         return seal(cert, plaintext, namespace, name)
@@ -138,7 +131,7 @@ def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str
                     f"{control.path}/apps/{name}.yaml", "",
                     f"app {name!r} has no release yet: pass --source {name}=DIR and --image {name}=REF "
                     f"(or deploy it with `cupaas deploy`)")
-            addons = [_plugin(registry.addons, "add-on", s, f"{name}: .cupaas", f"services.{i}")
+            addons = [registry.addon(s, f"{name}: .cupaas", f"services.{i}")
                       for i, s in enumerate(release.config.services)]
             layout = AppLayout(name, env)
             inputs = AppInputs(platform=control.platform, app=control.apps[name], release=release,
