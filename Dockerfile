@@ -1,16 +1,19 @@
 # The cupaas image: `cupaas serve` (forge webhooks + build workers) as a non-root user.
 #
-#   docker build -t registry.example.com/cupaas/cupaas:0.1.0 .
-#   docker build --build-arg BASE_IMAGE=my-registry/python:3.12-slim -t ... .
+#   cupaas images build CONTROL_DIR --python 3.13     # makes <registry>/cupaas/python:3.13 from Debian packages
+#   docker build --build-arg BASE_IMAGE=<registry>/cupaas/python:3.13 \
+#       --build-arg PIP_INDEX_URL=https://pypi.mirror.example/simple/ -t <registry>/cupaas/cupaas:0.1.0 .
 #
 # BASE_IMAGE: a Debian-based image whose `python3` is 3.11.4 or newer and has the venv module (the
-# official python:*-slim images, or Debian 13's python3 + python3-venv). Both stages use it, so the
-# virtualenv copied from the first stage runs on the same interpreter. Only the Dockerfile syntax of the
+# 3.13 image `cupaas images build` makes, or Debian 13's python3 + python3-venv). Both stages use it, so
+# the virtualenv copied from the first stage runs on the same interpreter. PIP_INDEX_URL: the PyPI mirror
+# to install from (default: pip's own). Nothing here needs Docker Hub. Only the Dockerfile syntax of the
 # classic builder is used: it builds with or without BuildKit.
-ARG BASE_IMAGE=python:3.12-slim-bookworm
+ARG BASE_IMAGE=127.0.0.1:5000/cupaas/python:3.13
 
 # --- build: install cupaas and its dependencies into a virtualenv ----------------------------------------
 FROM ${BASE_IMAGE} AS build
+ARG PIP_INDEX_URL
 WORKDIR /src
 # The whole context (.dockerignore leaves out what the package does not need): pyproject.toml decides
 # what the wheel takes from it.

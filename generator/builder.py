@@ -24,6 +24,8 @@ import requests
 import urllib3.exceptions
 
 from .errors import CupaasError, TransientError, UserError
+from .isolation.mirrors import BuildNetwork
+from .isolation.sandbox import BuildSandbox
 from .models import ImageRef
 
 INDENT = "       "
@@ -58,6 +60,7 @@ _QUIET_OUTPUT = re.compile(r"^\s*(---> Running in |Removing intermediate contain
 _CONNECTION_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
 Log = Callable[[str], None]
+NO_NETWORK = BuildNetwork()  # a build that reaches nothing at all
 
 
 class Builder(Protocol):
@@ -71,17 +74,19 @@ class Builder(Protocol):
         tag: str,
         labels: Mapping[str, str],
         log: Log,
+        network: BuildNetwork = NO_NETWORK,
     ) -> ImageRef:
         """Build `context` (exactly the commit's files) with the Dockerfile text `dockerfile`.
 
         The image is tagged and pushed as ``repository:tag``; `labels` (the OCI source and revision) are
-        set on it. Progress goes to `log` one readable line at a time.
+        set on it. The build reaches what `network` allows and nothing else: never the engine, the
+        registry or another service of the host. Progress goes to `log` one readable line at a time.
         """
         ...
 
 
 class DockerBuilder:
-    """`Builder` on a Docker engine through the docker SDK (legacy builder, host network).
+    """`Builder` on a Docker engine through the docker SDK (legacy builder, isolated network).
 
     `base_url` selects the engine (``unix:///var/run/docker.sock``, ``tcp://...``); by default the
     environment decides (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH). Registry credentials are
@@ -101,11 +106,12 @@ class DockerBuilder:
         tag: str,
         labels: Mapping[str, str],
         log: Log,
+        network: BuildNetwork = NO_NETWORK,
     ) -> ImageRef:
         """See `Builder.build_and_push`."""
         client = self._connect()
         try:
-            self._build(client.api, context, dockerfile, f"{repository}:{tag}", labels, log)
+            self._build(client.api, context, dockerfile, f"{repository}:{tag}", labels, log, network)
             digest = self._push(client.api, repository, tag, log)
         finally:
             client.close()
@@ -128,6 +134,7 @@ class DockerBuilder:
         ref: str,
         labels: Mapping[str, str],
         log: Log,
+        network: BuildNetwork,
     ) -> None:
         log(f"-----> Building {ref}")
         context = context.resolve()
@@ -149,23 +156,26 @@ class DockerBuilder:
                 raise ValueError(f"build context {context} contains the temporary directory {tmp}")
             dockerfile_path.write_text(dockerfile, encoding="utf-8")
             try:
-                stream = api.build(
-                    path=str(context),
-                    dockerfile=str(dockerfile_path),
-                    tag=ref,
-                    labels={k: _without_userinfo(v) for k, v in labels.items()},
-                    network_mode="host",
-                    rm=True,
-                    forcerm=True,
-                    pull=self._pull,
-                    decode=True,
-                )
-                # Read the stream to its end even after an error, so its connection is released.
-                for line, failure in _build_lines(stream):
-                    if failure is not None:
-                        error = error or failure
-                    elif error is None:
-                        emit(line)
+                with BuildSandbox(api, network, log) as sandbox:
+                    stream = api.build(
+                        path=str(context),
+                        dockerfile=str(dockerfile_path),
+                        tag=ref,
+                        labels={k: _without_userinfo(v) for k, v in labels.items()},
+                        network_mode=sandbox.network_mode,
+                        buildargs=dict(network.build_args),
+                        rm=True,
+                        forcerm=True,
+                        pull=self._pull,
+                        decode=True,
+                    )
+                    # Read the stream to its end even after an error, so its connection is released.
+                    for line, failure in _build_lines(stream):
+                        if failure is not None:
+                            error = error or failure
+                        elif error is None:
+                            emit(line)
+                    unreachable = sandbox.unreachable()
             except docker.errors.APIError as e:
                 raise _api_error(f"building {ref}", e, log) from e
             except _CONNECTION_ERRORS as e:
@@ -173,6 +183,9 @@ class DockerBuilder:
                 raise TransientError(f"building {ref}: lost the Docker engine: {e}") from e
         if error is not None:
             log(f" !     {error}")
+            if unreachable:
+                log(f" !     {unreachable}")
+                raise TransientError(f"building {ref} failed: {error}\n{unreachable}")
             message = f"building {ref} failed: {error}"
             if not _RUN_FAILED.match(error) and _INFRASTRUCTURE.search(error):
                 raise TransientError(message)
@@ -180,42 +193,47 @@ class DockerBuilder:
             raise UserError(f"{message}\nlast lines of the build output:\n{output}")
 
     def _push(self, api: docker.APIClient, repository: str, tag: str, log: Log) -> str:
-        ref = f"{repository}:{tag}"
-        registry = _registry_of(repository)
-        log(f"-----> Pushing {ref}")
-        digest: str | None = None
-        error: str | None = None
-        try:
-            # The SDK does not raise on a failed push: the failure is an `error` entry in the stream.
-            # The stream is read to its end even then, so that its connection is released.
-            for chunk in api.push(repository, tag=tag, stream=True, decode=True):
-                if "error" in chunk:
-                    error = error or str(chunk["error"]).strip()
-                if error is not None:
-                    continue
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
-                    digest = aux["Digest"]
-                line = _status_line(chunk)
-                if line:
-                    log(INDENT + line)
-            if digest is None and error is None:
-                # Engines that do not report the digest in the stream: ask the registry through the engine.
-                digest = str(api.inspect_distribution(ref)["Descriptor"]["digest"])
-        except docker.errors.APIError as e:
-            raise _api_error(f"pushing {ref} to registry {registry}", e, log) from e
-        except _CONNECTION_ERRORS as e:
-            log(f" !     lost the Docker engine: {e}")
-            raise TransientError(f"pushing {ref} to registry {registry}: lost the Docker engine: {e}") from e
-        if error is not None:
-            log(f" !     {error}")
-            message = f"pushing {ref} to registry {registry} failed: {error}"
-            if _REFUSED.search(error) and not _INFRASTRUCTURE.search(error):
-                raise UserError(f"{message}\nCheck the registry credentials of the Docker engine.")
-            raise TransientError(message)
-        if digest is None or not _DIGEST.match(digest):
-            raise TransientError(f"pushing {ref}: registry {registry} reported an invalid digest {digest!r}")
-        return digest
+        return push_image(api, repository, tag, log)
+
+
+def push_image(api: docker.APIClient, repository: str, tag: str, log: Log) -> str:
+    """Push ``repository:tag`` with the engine and return the digest the registry gave it."""
+    ref = f"{repository}:{tag}"
+    registry = _registry_of(repository)
+    log(f"-----> Pushing {ref}")
+    digest: str | None = None
+    error: str | None = None
+    try:
+        # The SDK does not raise on a failed push: the failure is an `error` entry in the stream.
+        # The stream is read to its end even then, so that its connection is released.
+        for chunk in api.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in chunk:
+                error = error or str(chunk["error"]).strip()
+            if error is not None:
+                continue
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+                digest = aux["Digest"]
+            line = _status_line(chunk)
+            if line:
+                log(INDENT + line)
+        if digest is None and error is None:
+            # Engines that do not report the digest in the stream: ask the registry through the engine.
+            digest = str(api.inspect_distribution(ref)["Descriptor"]["digest"])
+    except docker.errors.APIError as e:
+        raise _api_error(f"pushing {ref} to registry {registry}", e, log) from e
+    except _CONNECTION_ERRORS as e:
+        log(f" !     lost the Docker engine: {e}")
+        raise TransientError(f"pushing {ref} to registry {registry}: lost the Docker engine: {e}") from e
+    if error is not None:
+        log(f" !     {error}")
+        message = f"pushing {ref} to registry {registry} failed: {error}"
+        if _REFUSED.search(error) and not _INFRASTRUCTURE.search(error):
+            raise UserError(f"{message}\nCheck the registry credentials of the Docker engine.")
+        raise TransientError(message)
+    if digest is None or not _DIGEST.match(digest):
+        raise TransientError(f"pushing {ref}: registry {registry} reported an invalid digest {digest!r}")
+    return digest
 
 
 def _build_lines(stream: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str | None]]:

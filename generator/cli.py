@@ -174,12 +174,13 @@ def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | No
 @click.option("--sealing-cert", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="The sealed-secrets controller's certificate (`kubeseal --fetch-cert > FILE`), copied "
                    "into the control repo; without it, `cupaas validate` fails until you add it.")
+@click.option("--pypi-mirror", metavar="URL", help="The PyPI index builds install from (mirrors.pypi).")
 @click.option("--author", default="cupaas init <cupaas-init@localhost>", show_default=True,
               metavar="'NAME <EMAIL>'", help="Author of the two first commits.")
 @user_errors
 def init_command(control_dir: Path, gitops_dir: Path, domain: str, registry: str, environment: str,
                  gitops_repo: str | None, gitops_branch: str, ingress_class: str, cluster_issuer: str | None,
-                 sealing_cert: Path | None, author: str) -> None:
+                 sealing_cert: Path | None, pypi_mirror: str | None, author: str) -> None:
     """Scaffold a new control repo and a new GitOps repo (git repos with a first commit each).
 
     Both directories must be new or empty.
@@ -188,7 +189,8 @@ def init_command(control_dir: Path, gitops_dir: Path, domain: str, registry: str
 
     settings = InitSettings(domain=domain, registry=registry, environment=environment, gitops_repo=gitops_repo,
                             gitops_branch=gitops_branch, ingress_class=ingress_class,
-                            cluster_issuer=cluster_issuer, sealing_cert=sealing_cert, author=parse_author(author))
+                            cluster_issuer=cluster_issuer, sealing_cert=sealing_cert, author=parse_author(author),
+                            pypi_mirror=pypi_mirror)
     result = init_repos(control_dir, gitops_dir, settings, log=click.echo)
     for repo in (result.control, result.gitops):
         click.echo(f"       {repo.path}: {len(repo.files)} file(s), commit {repo.commit[:12]} on {repo.branch}")
@@ -201,3 +203,30 @@ def init_command(control_dir: Path, gitops_dir: Path, domain: str, registry: str
     click.echo(f"  {step}. edit {control_dir}/cupaas.yaml and {control_dir}/apps/, "
                f"then `cupaas validate {control_dir}`")
     click.echo(f"  {step + 1}. push both repos to your forge; Argo CD reads {result.gitops_repo} (docs/install.md)")
+
+
+@cli.group(name="images")
+def images_group() -> None:
+    """Images cupaas makes itself (nothing is pulled from Docker Hub)."""
+
+
+@images_group.command(name="build")
+@click.argument("control_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--python", "minors", multiple=True, metavar="MINOR",
+              help="Only this Python minor (3.11: Debian bookworm, 3.13: Debian trixie); repeatable. Default: all.")
+@user_errors
+def images_build(control_dir: Path, minors: Sequence[str]) -> None:
+    """Build the python runtime's base images from Debian packages and push them to the platform registry.
+
+    Prints one `image=<ref>@<digest>` line per image on stdout; progress goes to stderr. A run with
+    nothing changed only checks the registry.
+    """
+    import time
+
+    from .images.base_images import BaseImages
+
+    platform = load_platform(control_dir, f"{control_dir}/{PLATFORM_FILE}")
+    started = time.monotonic()
+    for image in BaseImages(platform, log=lambda line: click.echo(line, err=True)).build(minors):
+        click.echo(f"image={image}")
+    click.echo(f"-----> Base images ready in {time.monotonic() - started:.1f}s", err=True)

@@ -17,14 +17,15 @@ from pathlib import Path
 
 from .app_source import AppSource, OlderCommit
 from .builder import Builder
-from .errors import CupaasError, TransientError
+from .errors import CupaasError, TransientError, ValidationError
 from .forges import ForgeClient, PullRequest, forge_client_from_env
 from .gitops_repo import GitOpsRepo, redact
 from .gitops_tree import apply, read_release
+from .isolation.mirrors import BuildNetwork, build_network
 from .layout import AppLayout
 from .loading import load_control_repo
 from .manifests import read_yaml
-from .models import ControlRepo, ForgeSettings, ImageRef, Platform
+from .models import BuildPlan, ControlRepo, ForgeSettings, ImageRef, Platform
 from .plugins import PluginRegistry
 from .releases import cert_sealer, plan_app, release_of, render_control
 from .rendering import Sealer
@@ -164,6 +165,7 @@ class Deployer:
                 log(f"-----> {config.runtime} app, dependencies from {plan.dependencies}"
                     + (f", services: {', '.join(config.services)}" if config.services else ""))
                 log(f"       start command ({plan.start_command_source}): {plan.start_command or 'the image CMD'}")
+                network = _build_network(platform, plan, app)
                 # Render once with a stand-in image, so a render error stops the deploy before the build.
                 stand_in = ImageRef(f"{platform.registry}/{app}", "sha256:" + "0" * 64, fetched.sha)
                 render_control(control, Path(tmp) / "check", {app: release_of(app, config, plan, stand_in,
@@ -172,7 +174,7 @@ class Deployer:
                 image = self.builder.build_and_push(
                     source_dir, plan.dockerfile, f"{platform.registry}/{app}", fetched.sha,
                     {"org.opencontainers.image.source": registration.repo,
-                     "org.opencontainers.image.revision": fetched.sha}, log)
+                     "org.opencontainers.image.revision": fetched.sha}, log, network)
             log(f"       pushed {image}")
         release = release_of(app, config, plan, image, fetched.sha)
         layout = AppLayout(app, platform.environment)
@@ -214,6 +216,16 @@ class Deployer:
         return DeployResult(app=app, commit=fetched.sha, subject=subject, image=image,
                             gitops_commit=published.commit, already_in=published.current, branch=published.branch,
                             pull_request=published.pull_request, changed=published.changed, url=url)
+
+
+def _build_network(platform: Platform, plan: BuildPlan, app: str) -> BuildNetwork:
+    """What the build may reach: the platform's mirrors; a dependency install with no mirror is refused."""
+    if plan.mirror is not None and getattr(platform.mirrors, plan.mirror) is None:
+        raise ValidationError(
+            "cupaas.yaml", f"mirrors.{plan.mirror}",
+            f"is not set, but {app} installs its dependencies from {plan.dependencies}: a build reaches "
+            f"nothing but the platform's package mirrors; set mirrors.{plan.mirror} to your mirror's URL")
+    return build_network(platform.mirrors, plan.base_image)
 
 
 def _pr_body(app: str, sha: str, before: str | None, after: str, changed: Sequence[str]) -> str:

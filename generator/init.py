@@ -48,6 +48,7 @@ class InitSettings:
     cluster_issuer: str | None = None
     sealing_cert: Path | None = None
     author: tuple[str, str] = DEFAULT_AUTHOR
+    pypi_mirror: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,9 @@ def _scalar(value: str) -> str:
 
 
 def _cupaas_yaml(s: InitSettings, gitops_repo: str) -> str:
+    debian = "debian: http://deb.debian.org/debian"
+    mirrors = (f"mirrors:\n  pypi: {_scalar(s.pypi_mirror)}\n  # {debian}" if s.pypi_mirror
+               else f"# mirrors:\n#   pypi: https://pypi.mirror.example/simple/\n#   {debian}")
     issuer = (f"  cluster_issuer: {_scalar(s.cluster_issuer)}    # cert-manager ClusterIssuer: TLS for every app"
               if s.cluster_issuer else
               "  # cluster_issuer: letsencrypt-prod   # a cert-manager ClusterIssuer: adds TLS to every app")
@@ -245,10 +249,19 @@ ingress:
 sealing:
   cert: {CERT_FILE}    # relative to this repo
 
-# Settings per runtime, e.g. the base image of Python apps:
+# The package mirrors builds may reach: a build (pip, setup.py, RUN lines) reaches these and nothing
+# else. pip installs from mirrors.pypi; `cupaas images build` uses mirrors.debian (default: the apt
+# mirror of the machine it runs on).
+{mirrors}
+
+# The python runtime builds on <registry>/cupaas/python:3.13 (`cupaas images build .` makes it from
+# Debian packages) and MongoDB runs <registry>/library/mongo:7.0 (copy it there with skopeo). Override:
 # runtimes:
 #   python:
-#     base_image: python:3.12-slim
+#     base_image: registry.example.com/cupaas/cupaas/python:3.11
+# addons:
+#   mongodb:
+#     image: registry.example.com/library/mongo:7.0
 """
 
 

@@ -25,6 +25,7 @@ from .models import (
     GitOpsSettings,
     ImageRef,
     IngressSettings,
+    Mirrors,
     Platform,
     Release,
 )
@@ -125,6 +126,7 @@ def platform_from_raw(raw: dict[str, Any]) -> Platform:
     gitops = raw["gitops"]
     forge = gitops.get("forge")
     ingress = raw.get("ingress", {})
+    mirrors = raw.get("mirrors", {})
     return Platform(
         domain=raw["domain"],
         registry=raw["registry"],
@@ -139,6 +141,9 @@ def platform_from_raw(raw: dict[str, Any]) -> Platform:
                                 cluster_issuer=ingress.get("cluster_issuer")),
         sealing_cert=raw.get("sealing", {}).get("cert", "sealing-cert.pem"),
         runtimes={k: dict(v) for k, v in sorted(raw.get("runtimes", {}).items())},
+        mirrors=Mirrors(pypi=mirrors.get("pypi"), debian=mirrors.get("debian"),
+                        allow=tuple(mirrors.get("allow", ()))),
+        addons={k: dict(v) for k, v in sorted(raw.get("addons", {}).items())},
     )
 
 

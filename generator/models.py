@@ -35,6 +35,15 @@ class IngressSettings:
 
 
 @dataclass(frozen=True)
+class Mirrors:
+    """The package mirrors of `cupaas.yaml`: the only places a build can reach (design, section 9)."""
+
+    pypi: str | None = None
+    debian: str | None = None
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Platform:
     """`cupaas.yaml` of the control repo."""
 
@@ -45,6 +54,8 @@ class Platform:
     ingress: IngressSettings = field(default_factory=IngressSettings)
     sealing_cert: str = "sealing-cert.pem"  # path relative to the control repo
     runtimes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    mirrors: Mirrors = field(default_factory=Mirrors)
+    addons: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per add-on settings
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,8 @@ class BuildPlan:
     start_command: str | None  # None: the image's own CMD (app-supplied Dockerfile without `run`)
     start_command_source: str  # human readable: ".cupaas run", "Procfile web:", "detected Flask app in app.py"
     dockerfile: str  # full Dockerfile text the builder uses
+    base_image: str | None = None  # the runtime's base image (the generated Dockerfile's FROM)
+    mirror: str | None = None  # the `mirrors.<name>` of cupaas.yaml the dependency install needs
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,18 @@ def load_plugins(kind: Kind, extra_roots: Iterable[Path] = ()) -> dict[str, Plug
     return dict(sorted(found.items()))
 
 
+REGISTRY_PLACEHOLDER = "{registry}"
+
+
+def platform_default(value: Any, registry: str) -> Any:
+    """A plugin default with ``{registry}`` replaced by the platform's registry.
+
+    Images a platform needs (base images, add-on images) default to copies in its own registry, so a
+    default platform never names Docker Hub or another public registry (design, section 9).
+    """
+    return value.replace(REGISTRY_PLACEHOLDER, registry) if isinstance(value, str) else value
+
+
 class PluginRegistry:
     """Runtimes and add-ons available to this process."""
 

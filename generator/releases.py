@@ -117,6 +117,11 @@ def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str
     if only:
         control.app(only)
     errors: list[ValidationError] = []
+    for addon_name in control.platform.addons:
+        try:
+            registry.addon(addon_name, f"{control.path}/cupaas.yaml", f"addons.{addon_name}")
+        except ValidationError as e:
+            errors.append(e)
     files: Files = {}
     rendered: list[str] = []
     undeployed: list[str] = []

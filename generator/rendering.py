@@ -22,7 +22,7 @@ from .errors import UserError, ValidationError
 from .layout import ANNOTATION_PREFIX, HEADER, AppLayout
 from .manifests import generated, read_yaml
 from .models import AppRegistration, Platform, Release
-from .plugins import Plugin, builtin_dir
+from .plugins import Plugin, builtin_dir, platform_default
 
 Files = dict[str, str]
 SEALED_SECRET_SUFFIX = ".sealedsecret.yaml"
@@ -191,6 +191,13 @@ def _base(inputs: AppInputs, layout: AppLayout) -> Files:
     }
 
 
+def addon_settings(addon: Plugin, platform: Platform) -> dict[str, Any]:
+    """The add-on's defaults, with the platform's ``addons.<name>`` settings (cupaas.yaml) over them."""
+    settings = {k: platform_default(v, platform.registry) for k, v in addon.spec.get("defaults", {}).items()}
+    settings.update(platform.addons.get(addon.name, {}))
+    return settings
+
+
 def _component(addon: Plugin, inputs: AppInputs, layout: AppLayout) -> Files:
     root = layout.component(addon.name)
     creds = addon.spec.get("credentials") or {}
@@ -200,7 +207,7 @@ def _component(addon: Plugin, inputs: AppInputs, layout: AppLayout) -> Files:
         "labels": layout.labels(addon.name),
         "selector": layout.selector(addon.name),
         "secret": creds.get("secret", ""),
-        "defaults": dict(addon.spec.get("defaults", {})),
+        "defaults": addon_settings(addon, inputs.platform),
     }
     files: Files = {}
     resources = []

@@ -32,7 +32,7 @@ import jinja2
 
 from .errors import UserError, ValidationError
 from .models import AppConfig, BuildPlan, Platform
-from .plugins import SPEC_FILE, Plugin
+from .plugins import SPEC_FILE, Plugin, platform_default
 from .source import SourceTree, normalize
 
 # Detection skips files larger than this: modules that create a web app are small, and a vendored
@@ -348,7 +348,7 @@ class _Run:
 
 
 def _settings(plugin: Plugin, platform: Platform) -> dict[str, str]:
-    settings = dict(plugin.spec["defaults"])
+    settings = {k: platform_default(v, platform.registry) for k, v in plugin.spec["defaults"].items()}
     for key, value in sorted(platform.runtimes.get(plugin.name, {}).items()):
         where = f"runtimes.{plugin.name}.{key}"
         if key not in settings:
@@ -498,7 +498,8 @@ def _start_command(run: _Run, config: AppConfig, deps: _Dependencies) -> tuple[s
     )
 
 
-def _app_dockerfile(plugin: Plugin, source: SourceTree, config: AppConfig, path: str) -> BuildPlan:
+def _app_dockerfile(plugin: Plugin, source: SourceTree, config: AppConfig, path: str,
+                    settings: Mapping[str, str]) -> BuildPlan:
     try:
         text = source.read_text(path)
     except UserError as e:
@@ -513,15 +514,16 @@ def _app_dockerfile(plugin: Plugin, source: SourceTree, config: AppConfig, path:
         start_command=config.run,
         start_command_source=".cupaas run" if config.run else f"CMD of {path}",
         dockerfile=text,
+        base_image=settings.get("base_image"),
     )
 
 
 def plan_build(plugin: Plugin, source: SourceTree, config: AppConfig, platform: Platform) -> BuildPlan:
     """Decide how to build and start one app source with a runtime plugin; same inputs, same bytes."""
-    if config.dockerfile is not None:
-        return _app_dockerfile(plugin, source, config, config.dockerfile)
-    run = _Run(plugin, source)
     settings = _settings(plugin, platform)
+    if config.dockerfile is not None:
+        return _app_dockerfile(plugin, source, config, config.dockerfile, settings)
+    run = _Run(plugin, source)
     deps = _dependencies(run)
     command, origin = _start_command(run, config, deps)
     values = {
@@ -547,4 +549,6 @@ def plan_build(plugin: Plugin, source: SourceTree, config: AppConfig, platform: 
         start_command=command,
         start_command_source=origin,
         dockerfile=dockerfile,
+        base_image=settings.get("base_image"),
+        mirror=plugin.spec.get("mirror") if deps.install else None,
     )

@@ -24,9 +24,10 @@ def infra_setting(name: str) -> str:
     value = os.environ.get(name)
     if not value:
         pytest.fail(
-            f"{name} is not set. These tests need dockerd and the local registry: run them with "
-            "scripts/test, or start them with `scripts/dev-env up` and export CUPAAS_TEST_REGISTRY and "
-            "CUPAAS_TEST_PYTHON_BASE_IMAGE from its output (registry=..., python_base_image=...).",
+            f"{name} is not set. These tests need dockerd, the local registry and the PyPI mirror: run "
+            "them with scripts/test, or start them with `scripts/dev-env up` and export "
+            "CUPAAS_TEST_REGISTRY, CUPAAS_TEST_PYTHON_BASE_IMAGE and CUPAAS_TEST_PYPI_MIRROR from its "
+            "output (registry=..., python_base_image=..., pypi_mirror=...).",
             pytrace=False,
         )
     return value
@@ -42,3 +43,9 @@ def registry() -> str:
 def base_image() -> str:
     """The local Python base image reference in that registry."""
     return infra_setting("CUPAAS_TEST_PYTHON_BASE_IMAGE")
+
+
+@pytest.fixture(scope="session")
+def pypi_mirror() -> str:
+    """The PyPI mirror (devpi-server on loopback) that scripts/dev-env started: the only index builds reach."""
+    return infra_setting("CUPAAS_TEST_PYPI_MIRROR")

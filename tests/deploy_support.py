@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from conftest import infra_setting
 from sealing_support import TEST_KEY_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,14 +81,15 @@ def make_gitops_repo(root: Path, initial_commit: bool = False) -> Path:
 
 
 def make_control(root: Path, registry: str, base_image: str, gitops_url: str, apps: dict[str, str],
-                 review: str = "direct", forge: dict[str, str] | None = None) -> Path:
+                 review: str = "direct", forge: dict[str, str] | None = None, pypi: str | None = None) -> Path:
     control = root / "control"
     (control / "apps").mkdir(parents=True)
     gitops: dict[str, object] = {"repo": gitops_url, "branch": "main", "review": review}
     if forge:
         gitops["forge"] = forge
     platform = {"domain": "apps.test.example", "registry": f"{registry}/cupaas-test", "gitops": gitops,
-                "ingress": {"class": "nginx"}, "runtimes": {"python": {"base_image": base_image}}}
+                "ingress": {"class": "nginx"}, "runtimes": {"python": {"base_image": base_image}},
+                "mirrors": {"pypi": pypi or infra_setting("CUPAAS_TEST_PYPI_MIRROR")}}
     (control / "cupaas.yaml").write_text(yaml.safe_dump(platform, sort_keys=False))
     for name, url in apps.items():
         (control / "apps" / f"{name}.yaml").write_text(yaml.safe_dump({"repo": url, "branch": "main"}))

@@ -22,6 +22,7 @@ FORBIDDEN_IN_CORE = ["flask", "docker", "git", "requests", "urllib.request", "ht
                      "subprocess", "kubernetes", "gunicorn", "webhook"]  # fmt: skip
 # Generator modules that do I/O sit above the core (docs/architecture.md).
 GENERATOR_EDGES = ["generator.cli", "generator.deploy", "generator.builder", "generator.gitops_repo",
+                   "generator.isolation", "generator.images",  # subpackages: each of their modules
                    "generator.forges", "generator.gitops_tree", "generator.git_cache", "generator.app_source",
                    "generator.releases", "generator.atomic_file"]  # fmt: skip
 

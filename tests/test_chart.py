@@ -54,7 +54,7 @@ ALL_ON: dict[str, Any] = {
 # The other way round: no sidecar (an external engine), no volume claim, no service account of our own.
 EXTERNAL_ENGINE: dict[str, Any] = {
     "dind": {"enabled": False},
-    "dockerHost": "tcp://docker-builder.builds.svc:2375",
+    "dockerHost": "unix:///run/user/1000/docker.sock",
     "persistence": {"enabled": False},
     "serviceAccount": {"create": False},
 }
@@ -200,8 +200,35 @@ def test_chart_defaults_reference_the_webhook_secret_by_release_name() -> None:
 
 
 def test_chart_defaults_build_with_the_sidecar_engine() -> None:
-    assert env_of("defaults")["DOCKER_HOST"] == "tcp://127.0.0.1:2375"
+    assert env_of("defaults")["DOCKER_HOST"] == "unix:///run/cupaas-engine/docker.sock"
     assert container("defaults", "dind")["securityContext"] == {"privileged": True}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chart_never_exposes_the_engine_on_tcp(case: str, tmp_path: Path) -> None:
+    """A TCP engine endpoint is reachable from anything in the pod's network, builds included."""
+    done = run_helm(["template", "cupaas", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+                     "--values", str(values_file(tmp_path, CASES[case]))])
+    assert done.returncode == 0, done.stderr
+    assert "tcp://" not in done.stdout
+    assert env_of(case)["DOCKER_HOST"].startswith("unix:///")
+    pod = deployment(case)["spec"]["template"]["spec"]
+    for c in pod["containers"]:
+        assert not [a for a in c.get("args", []) if a.startswith(("--host=tcp", "-H=tcp", "tcp://"))], c["name"]
+
+
+def test_chart_shares_the_relay_directory_with_the_engine_at_the_same_path() -> None:
+    relay = env_of("all-on")["CUPAAS_BUILD_RELAY_DIR"]
+    assert mounts_of("all-on")[relay] == mounts_of("all-on", "dind")[relay] == "build-relay"
+    assert mounts_of("all-on")["/run/cupaas-engine"] == mounts_of("all-on", "dind")["/run/cupaas-engine"]
+
+
+def test_chart_external_engine_mounts_its_socket_directory_from_the_node() -> None:
+    volumes = volumes_of("external-engine")
+    assert volumes["engine-socket"]["hostPath"]["path"] == "/run/user/1000"
+    assert mounts_of("external-engine")["/run/user/1000"] == "engine-socket"
+    relay = env_of("external-engine")["CUPAAS_BUILD_RELAY_DIR"]
+    assert volumes["build-relay"]["hostPath"]["path"] == relay
 
 
 def test_chart_defaults_keep_the_state_claim_on_uninstall() -> None:
@@ -211,7 +238,7 @@ def test_chart_defaults_keep_the_state_claim_on_uninstall() -> None:
 
 
 def test_chart_defaults_mount_no_credentials() -> None:
-    assert set(volumes_of("defaults")) == {"state", "tmp", "dind-storage"}
+    assert set(volumes_of("defaults")) == {"state", "tmp", "dind-storage", "engine-socket", "build-relay"}
     assert not {"GIT_SSH_COMMAND", "GIT_CONFIG_COUNT", "DOCKER_CONFIG", "CUPAAS_FORGE_TOKEN"} & set(env_of("defaults"))
 
 
@@ -221,8 +248,8 @@ def test_chart_defaults_mount_no_credentials() -> None:
 def test_chart_dind_listens_only_inside_the_pod() -> None:
     args = container("all-on", "dind")["args"]
     hosts = [a.removeprefix("--host=") for a in args if a.startswith("--host=")]
-    assert hosts == ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375"]
-    assert "--tls=false" in args
+    assert hosts == ["unix:///run/cupaas-engine/docker.sock"]
+    assert "--bridge=none" in args
 
 
 def test_chart_dind_trusts_the_listed_insecure_registries() -> None:
@@ -236,7 +263,7 @@ def test_chart_dind_off_leaves_no_privileged_container() -> None:
 
 
 def test_chart_dind_off_builds_with_the_given_engine() -> None:
-    assert env_of("external-engine")["DOCKER_HOST"] == "tcp://docker-builder.builds.svc:2375"
+    assert env_of("external-engine")["DOCKER_HOST"] == "unix:///run/user/1000/docker.sock"
 
 
 # --- every optional part on ---------------------------------------------------------------------------
@@ -322,7 +349,9 @@ def test_chart_requires_a_control_repo_url(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("values", [{"dind": {"enable": False}}, {"ingress": {"paths": ["hooks"]}},
-                                    {"service": {"port": "80"}}], ids=["typo", "relative-path", "port-as-text"])
+                                    {"service": {"port": "80"}},
+                                    {"dind": {"enabled": False}, "dockerHost": "tcp://127.0.0.1:2375"}],
+                         ids=["typo", "relative-path", "port-as-text", "tcp-engine"])
 def test_chart_values_schema_rejects_mistakes(tmp_path: Path, values: dict[str, Any]) -> None:
     done = run_helm(["template", "cupaas", str(CHART), "--values", str(values_file(tmp_path, values))])
     assert done.returncode != 0

@@ -1,10 +1,8 @@
 """The cupaas image (Dockerfile at the root), built and run on the real engine from `scripts/dev-env up`.
 
-The image is built with host networking (the only network here) from the checkout, on a local Python base
-image: nothing is pulled from a public registry. The Dockerfile needs a python3 that satisfies cupaas's
-`requires-python`; when the dev-env base image (`base_image`) has an older one (Debian 12 ships 3.11.2), a
-Debian 13 base is made once with mmdebstrap, the same way scripts/dev-env makes its own, and kept in the
-engine under a tag that carries a hash of its recipe.
+The image is built as an operator builds it (host networking, pip from the PyPI mirror) from the checkout,
+on a base image `cupaas images build` made: nothing is pulled from a public registry. The Dockerfile needs a
+python3 that satisfies cupaas's `requires-python`: Debian 12's 3.11.2 does not, so it builds on 3.13.
 
 `cupaas serve` is checked for real (default command, /healthz, /metrics, SIGTERM). Only while the serve
 command does not exist yet are those checks skipped, with the reason "cupaas serve not implemented yet".
@@ -13,12 +11,7 @@ command does not exist yet are those checks skipped, with the reason "cupaas ser
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 import tomllib
 import urllib.error
@@ -30,14 +23,13 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from conftest import infra_setting
 from loopback import HTTP, free_port
 from packaging.specifiers import SpecifierSet
 from sealing_support import TEST_KEY_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_TAG = "cupaas-test/cupaas:dev"
-TRIXIE_BASE = "cupaas-test/python-base"
-RECIPE_LABEL = "org.cupaas.test.recipe"
 USER_ID = 10001
 WEBHOOK_SECRET = "image-test-secret"
 IMAGE_REF = "registry.example.com/cupaas/hello:0123456789abcdef0123456789abcdef01234567@sha256:" + "cd" * 32
@@ -76,67 +68,19 @@ def python_version(engine: docker.DockerClient, image: str) -> str:
     return output.strip()
 
 
-def debian_mirror() -> str:
-    """The Debian archive URI of this machine's apt sources (both formats), as scripts/dev-env reads it."""
-    etc = Path("/etc/apt")
-    for path in [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]:
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            fields = re.sub(r"\[[^]]*\]", "", line).split()
-            if len(fields) >= 3 and fields[0] == "deb" and fields[2] == "bookworm":
-                return fields[1]
-    for path in sorted((etc / "sources.list.d").glob("*.sources")):
-        for stanza in re.split(r"\n\s*\n", path.read_text()):
-            settings = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.MULTILINE))
-            if "bookworm" in settings.get("Suites", "").split() and "deb" in settings.get("Types", "").split():
-                return str(settings["URIs"].split()[0])
-    pytest.fail("no bookworm source in /etc/apt/sources.list{,.d}: cannot find the Debian mirror", pytrace=False)
-
-
-def trixie_base(engine: docker.DockerClient) -> str:
-    """A Debian 13 image with python3 (3.13) and venv, made once with mmdebstrap and kept in the engine."""
-    certificates = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
-    hooks = ['mkdir -p "$1/usr/local/share/ca-certificates"',
-             # The machine re-signs outbound HTTPS; without its CA, pip inside the build fails to verify.
-             *[f"copy-in {crt} /usr/local/share/ca-certificates" for crt in certificates],
-             'chroot "$1" update-ca-certificates']
-    command = ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-               "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
-               "--dpkgopt=path-include=/usr/share/doc/*/copyright", "--dpkgopt=path-exclude=/usr/share/locale/*",
-               *[f"--customize-hook={hook}" for hook in hooks]]
-    recipe = json.dumps([command, [c.read_bytes().hex() for c in certificates]])
-    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    tag = f"{TRIXIE_BASE}:trixie-{digest}"
-    try:
-        engine.images.get(tag)
-        return tag
-    except docker.errors.ImageNotFound:
-        pass
-    if shutil.which("mmdebstrap") is None:
-        pytest.fail("mmdebstrap is missing: run scripts/dev-env up (it installs it)", pytrace=False)
-    # A tmpfs assembles the root filesystem about 3x faster than the disk.
-    with tempfile.TemporaryDirectory(prefix="cupaas-trixie-", dir="/dev/shm") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        done = subprocess.run([*command, "trixie", str(rootfs), f"deb {debian_mirror()} trixie main"],
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": tmp},
-                              capture_output=True, text=True, check=False, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        with rootfs.open("rb") as data:
-            engine.api.import_image_from_data(
-                data.read(), repository=tag.partition(":")[0], tag=tag.partition(":")[2],
-                changes=["ENV LANG=C.UTF-8", 'CMD ["python3"]', f"LABEL {RECIPE_LABEL}={digest}"])
-    return tag
-
-
 @pytest.fixture(scope="module")
 def cupaas_base(engine: docker.DockerClient, base_image: str) -> str:
-    """`base_image` when its python3 satisfies cupaas's requires-python, else the Debian 13 base."""
+    """`base_image` (3.11) when its python3 satisfies cupaas's requires-python, else the 3.13 base image.
+
+    Both are what `cupaas images build` made for scripts/dev-env (Debian 12 ships 3.11.2, below 3.11.4).
+    """
     if python_version(engine, base_image) in required_python():
         return base_image
-    return trixie_base(engine)
+    return infra_setting("CUPAAS_TEST_PYTHON_BASE_IMAGE_3_13")
 
 
 @pytest.fixture(scope="module")
-def image(engine: docker.DockerClient, cupaas_base: str) -> str:
+def image(engine: docker.DockerClient, cupaas_base: str, pypi_mirror: str) -> str:
     try:
         previous: str | None = engine.images.get(IMAGE_TAG).id
     except docker.errors.ImageNotFound:
@@ -144,7 +88,8 @@ def image(engine: docker.DockerClient, cupaas_base: str) -> str:
     started = time.monotonic()
     try:
         built, _ = engine.images.build(path=str(ROOT), dockerfile="Dockerfile", tag=IMAGE_TAG,
-                                       buildargs={"BASE_IMAGE": cupaas_base}, network_mode="host", rm=True,
+                                       buildargs={"BASE_IMAGE": cupaas_base, "PIP_INDEX_URL": pypi_mirror},
+                                       network_mode="host", rm=True,
                                        forcerm=True, pull=False)
     except docker.errors.BuildError as e:
         log = "".join(str(entry.get("stream", entry.get("error", ""))) for entry in e.build_log)

@@ -16,10 +16,10 @@ from k8s_validation import kubectl, kustomize_build, validate_documents
 pytestmark = pytest.mark.docker
 
 
-def _demo(directory: Path, registry: str, base_image: str) -> subprocess.CompletedProcess[str]:
+def _demo(directory: Path, registry: str, pypi_mirror: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "webhook.cli", "demo", "--dir", str(directory), "--once",
-         "--registry", registry, "--base-image", base_image],
+         "--registry", registry, "--pypi-mirror", pypi_mirror],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
         env={**os.environ, "CUPAAS_KUBECTL": kubectl()})
 
@@ -31,10 +31,10 @@ def _port_is_free(url: str) -> bool:
 
 
 def test_demo_once_completes_the_loop_and_a_second_run_redeploys_code_only(
-    tmp_path: Path, registry: str, base_image: str
+    tmp_path: Path, registry: str, pypi_mirror: str
 ) -> None:
     directory = tmp_path / "demo"
-    first = _demo(directory, registry, base_image)
+    first = _demo(directory, registry, pypi_mirror)
     assert first.returncode == 0, first.stdout + first.stderr
     out = first.stdout
     assert "answers at http://127.0.0.1:" in out and "healthz: 200" in out, out
@@ -53,7 +53,7 @@ def test_demo_once_completes_the_loop_and_a_second_run_redeploys_code_only(
     assert service and app
     assert _port_is_free(service.group(1)) and _port_is_free(app.group(1))
 
-    second = _demo(directory, registry, base_image)
+    second = _demo(directory, registry, pypi_mirror)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "reusing" in second.stdout and "already registered" in second.stdout
     second_commit = git("rev-parse", "main", cwd=gitops)

@@ -289,8 +289,11 @@ def test_dockerfile_starts_with_generated_header(python: Plugin) -> None:
     )
 
 
-def test_base_image_defaults_to_plugin_default(python: Plugin) -> None:
-    assert "\nFROM python:3.12-slim\n" in plan(python, DATA / "flask-requirements").dockerfile
+def test_base_image_defaults_to_the_platform_registrys_own_image(python: Plugin) -> None:
+    built = plan(python, DATA / "flask-requirements")
+    assert f"\nFROM {PLATFORM.registry}/cupaas/python:3.13\n" in built.dockerfile
+    assert built.base_image == f"{PLATFORM.registry}/cupaas/python:3.13"
+    assert built.mirror == "pypi"  # its pip install needs cupaas.yaml mirrors.pypi
 
 
 def test_base_image_overridden_by_platform(python: Plugin) -> None:

@@ -50,10 +50,10 @@ def main(argv: Sequence[str] | None = None) -> None:
               show_default=True, help="Everything the demo creates lives here; a second run reuses it.")
 @click.option("--once", is_flag=True, help="Check the URL answers, print the result, stop everything, exit.")
 @click.option("--registry", default="127.0.0.1:5000", show_default=True, help="The registry from scripts/dev-env.")
-@click.option("--base-image", default="127.0.0.1:5000/cupaas/python-base:bookworm", show_default=True,
-              help="The Python base image from scripts/dev-env.")
+@click.option("--pypi-mirror", default="http://127.0.0.1:3141/root/pypi/+simple/", show_default=True,
+              help="The PyPI mirror from scripts/dev-env: the only index the demo's builds reach.")
 @user_errors
-def demo(directory: Path, once: bool, registry: str, base_image: str) -> None:
+def demo(directory: Path, once: bool, registry: str, pypi_mirror: str) -> None:
     """Run the whole loop locally: register, git push, build, commit to GitOps, and a URL to open."""
     import os
     import sys
@@ -62,7 +62,8 @@ def demo(directory: Path, once: bool, registry: str, base_image: str) -> None:
 
     kubectl = os.environ.get("CUPAAS_KUBECTL", "kubectl")
     try:
-        status = run_demo(directory, registry, base_image, once, echo=lambda line: click.echo(line), kubectl=kubectl)
+        status = run_demo(directory, registry, pypi_mirror, once, echo=lambda line: click.echo(line),
+                          kubectl=kubectl)
     except KeyboardInterrupt:  # run_demo has already stopped what it started
         click.echo("-----> Interrupted; everything the demo started is stopped", err=True)
         status = 130

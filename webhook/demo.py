@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from generator.errors import UserError
+from generator.images.base_images import BaseImages
+from generator.loading import load_platform
 from generator.plugins import builtin_dir
 
 from .git_hook import install_post_receive
@@ -75,7 +77,7 @@ def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
 class Demo:
     root: Path
     registry: str
-    base_image: str
+    pypi_mirror: str
     echo: Echo = print
     kubectl: str = "kubectl"
     started: list[Callable[[], None]] = field(default_factory=list)
@@ -164,12 +166,20 @@ class Demo:
             "gitops": {"repo": self.bare("gitops").as_uri(), "branch": "main", "review": "direct"},
             "ingress": {"class": "nginx"},
             "sealing": {"cert": "sealing-cert.pem"},
-            "runtimes": {"python": {"base_image": self.base_image}},
+            # The only index builds reach; the base images are the defaults `cupaas images build` makes.
+            "mirrors": {"pypi": self.pypi_mirror},
         }
         text = "# cupaas demo platform settings\n" + yaml.safe_dump(platform, sort_keys=False)
         (work / "cupaas.yaml").write_text(text)
         (work / "apps").mkdir(exist_ok=True)
         (work / "sealing-cert.pem").write_bytes(self.sealing_cert())
+
+    def base_images(self) -> None:
+        """`cupaas images build` for the demo platform: seconds when the images are already there."""
+        platform = load_platform(self.work("control"), "cupaas.yaml")
+        for image in BaseImages(platform, log=lambda line: self.echo(f"       {line.removeprefix('-----> ')}")
+                                ).build(["3.13"]):
+            self.echo(f"       image={image}")
 
     def register_app(self) -> bool:
         """Commit apps/tasks.yaml to the control repo, exactly as a user would. True if it was new."""
@@ -311,11 +321,11 @@ class Demo:
             self.started.pop()()
 
 
-def run_demo(root: Path, registry: str, base_image: str, once: bool, echo: Echo = print,
+def run_demo(root: Path, registry: str, pypi_mirror: str, once: bool, echo: Echo = print,
              kubectl: str = "kubectl") -> int:
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root=root, registry=registry, base_image=base_image, echo=echo, kubectl=kubectl)
+    demo = Demo(root=root, registry=registry, pypi_mirror=pypi_mirror, echo=echo, kubectl=kubectl)
     try:
         with demo.step(f"Checking the local registry ({registry}) and Docker engine"):
             demo.check_infrastructure()
@@ -325,6 +335,8 @@ def run_demo(root: Path, registry: str, base_image: str, once: bool, echo: Echo 
             for name, seed in seeds:
                 created = demo.ensure_repo(name, seed)
                 echo(f"       {'created' if created else 'reusing'} {demo.bare(name)}")
+        with demo.step("Base images from Debian packages (cupaas images build)"):
+            demo.base_images()
         with demo.step("Registering the app: apps/tasks.yaml in the control repo"):
             echo("       committed and pushed" if demo.register_app() else "       already registered")
         with demo.step("Starting the webhook service (cupaas serve) on loopback"):

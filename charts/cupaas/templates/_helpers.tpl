@@ -50,3 +50,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- define "cupaas.tlsSecretName" -}}
 {{- include "cupaas.refName" (list . .Values.ingress.tls.secretName "tls") }}
 {{- end }}
+
+{{/* The directory holding the engine's Unix socket, as the cupaas container sees it. */}}
+{{- define "cupaas.engineSocketDir" -}}
+{{- if .Values.dind.enabled -}}
+/run/cupaas-engine
+{{- else -}}
+{{- (required "dockerHost is required when dind.enabled is false" .Values.dockerHost) | trimPrefix "unix://" | dir -}}
+{{- end -}}
+{{- end }}
+
+{{/* Where build relay sockets live: the same path in the cupaas container and for the engine. */}}
+{{- define "cupaas.relayDir" -}}
+{{- .Values.buildRelayDir | default "/var/lib/cupaas-relay" -}}
+{{- end }}

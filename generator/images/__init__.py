@@ -1,0 +1,1 @@
+"""Images cupaas builds itself: the runtimes' base images, from Debian packages through a Debian mirror."""
