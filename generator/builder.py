@@ -40,8 +40,8 @@ _INFRASTRUCTURE = re.compile(
 )
 _REFUSED = re.compile(r"denied|unauthorized|authentication required|forbidden|\b40[13]\b", re.IGNORECASE)
 _RUN_FAILED = re.compile(r"^The command .* returned a non-zero code", re.DOTALL)
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/]*@", re.IGNORECASE)  # to the last "@" before the path
 # Push/pull status lines that only say "in progress"; the deploy log shows the outcome of each layer.
 _QUIET_STATUSES = frozenset(
     {
@@ -231,7 +231,7 @@ def push_image(api: docker.APIClient, repository: str, tag: str, log: Log) -> st
         if _REFUSED.search(error) and not _INFRASTRUCTURE.search(error):
             raise UserError(f"{message}\nCheck the registry credentials of the Docker engine.")
         raise TransientError(message)
-    if digest is None or not _DIGEST.match(digest):
+    if digest is None or not _DIGEST.fullmatch(digest):
         raise TransientError(f"pushing {ref}: registry {registry} reported an invalid digest {digest!r}")
     return digest
 

@@ -14,11 +14,11 @@ from . import __version__, names
 from .errors import CupaasError, ValidationErrors
 from .gitops_tree import apply
 from .layout import AppLayout
-from .loading import PLATFORM_FILE, load_control_repo, load_platform
+from .loading import PLATFORM_FILE, load_control_repo, load_platform, load_sealing_cert
 from .models import ImageRef
 from .plugins import PluginRegistry
 from .releases import cert_sealer, parse_assignment, release_for, render_control
-from .sealing import SealingCert, seal
+from .sealing import seal
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,14 +82,14 @@ def render(control_dir: Path, out: Path, only: str | None, sources: Sequence[str
         try:
             image_refs[app] = ImageRef.parse(ref)
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--image") from None
+            raise click.BadParameter(f"app {app!r}: {e}", param_hint="--image") from None
     for app in [*source_dirs, *image_refs]:
         control.app(app)
     if only and not set([*source_dirs, *image_refs]) <= {only}:
         raise click.BadParameter("with --app, --source and --image may only name that app")
     releases = {app: release_for(control, out, app, source_dirs.get(app), image_refs.get(app), registry)
                 for app in sorted(set(source_dirs) | set(image_refs))}
-    cert = SealingCert.load(Path(control_dir) / control.platform.sealing_cert)
+    cert = load_sealing_cert(Path(control_dir), control.platform, f"{control.path}/{PLATFORM_FILE}")
     result = render_control(control, out, releases, only, registry, cert_sealer(cert))
     changed = apply(out, result.files, result.rendered_apps, result.removed_apps, result.seeded)
     for app in result.removed_apps:
@@ -120,7 +120,7 @@ def seal_command(control_dir: Path, app: str, key: str, value: str | None) -> No
     if not (control_dir / "apps" / f"{app}.yaml").is_file():
         click.echo(f"note: app {app!r} is not registered yet in {control_dir}/apps/", err=True)
     layout = AppLayout(app, platform.environment)
-    cert = SealingCert.load(control_dir / platform.sealing_cert)
+    cert = load_sealing_cert(control_dir, platform, f"{control_dir}/{PLATFORM_FILE}")
     click.echo(seal(cert, value, layout.namespace, layout.secret))
 
 

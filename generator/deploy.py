@@ -23,13 +23,12 @@ from .gitops_repo import GitOpsRepo, redact
 from .gitops_tree import apply, read_release
 from .isolation.mirrors import BuildNetwork, build_network
 from .layout import AppLayout
-from .loading import load_control_repo
+from .loading import PLATFORM_FILE, load_control_repo, load_sealing_cert
 from .manifests import read_yaml
 from .models import BuildPlan, ControlRepo, ForgeSettings, ImageRef, Platform
 from .plugins import PluginRegistry
 from .releases import cert_sealer, plan_app, release_of, render_control
 from .rendering import Sealer
-from .sealing import SealingCert
 from .source import DirectorySource
 
 Log = Callable[[str], None]
@@ -124,7 +123,7 @@ class Deployer:
         """Load and check everything a deploy or reconcile needs before touching any remote."""
         control = load_control_repo(self.control_dir)
         platform = control.platform
-        sealer = cert_sealer(SealingCert.load(Path(self.control_dir) / platform.sealing_cert))
+        sealer = cert_sealer(load_sealing_cert(Path(self.control_dir), platform, f"{control.path}/{PLATFORM_FILE}"))
         forge = None
         if platform.gitops.review == "pull-request" and platform.gitops.forge is not None:
             forge = self.forge_factory(platform.gitops.forge, self.environ)

@@ -61,7 +61,7 @@ TRUNCATION_MARKER = "\n\n[... truncated by cupaas: the full text had {length} ch
 
 _MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 _MESSAGE_LIMIT = 300
-_BRANCH = re.compile(r"^[^\s\x00-\x1f\x7f~^:?*\[\\]+$")
+_BRANCH = re.compile(r"[^\s\x00-\x1f\x7f~^:?*\[\\]+")
 
 
 @dataclass(frozen=True)
@@ -507,7 +507,7 @@ _CLIENTS: dict[str, type[_ForgeApi]] = {
 
 
 def _check_branch(name: str) -> None:
-    if not _BRANCH.match(name) or name.startswith(("-", "/")) or name.endswith(("/", ".", ".lock")):
+    if not _BRANCH.fullmatch(name) or name.startswith(("-", "/")) or name.endswith(("/", ".", ".lock")):
         raise UserError(f"{name!r} is not a valid branch name for a pull request")
 
 

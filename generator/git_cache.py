@@ -69,7 +69,8 @@ _PERMANENT = ("permission denied", "authentication failed", "could not read user
               "not found", "returned error: 401", "returned error: 403", "host key verification failed",
               "access denied", "not allowed")  # fmt: skip
 _DETAIL_LIMIT = 500
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+# The userinfo runs to the LAST "@" before the host's "/": a password may hold "@" and ":" itself.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s'\"]+)@")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 

@@ -39,10 +39,21 @@ RESERVED_ENV = frozenset({"PORT"})
 _SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
+def _is_integer(checker: Any, instance: Any) -> bool:
+    # JSON Schema counts 8080.0 as an integer; YAML readers and Kubernetes do not (`containerPort: 8080.0`).
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+
+
 @cache
-def _validator(schema: str) -> jsonschema.Draft202012Validator:
+def _validator(schema: str) -> Any:
     data = json.loads((_SCHEMA_DIR / f"{schema}.schema.json").read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(data)
+    return _Validator(data)
 
 
 def _type_name(value: Any) -> str:
@@ -51,7 +62,8 @@ def _type_name(value: Any) -> str:
 
 
 def _field(path: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in path)
+    # A key with a newline or another control character in it is shown quoted, on the message's one line.
+    return ".".join(str(p) if str(p).isprintable() else repr(str(p)) for p in path)
 
 
 def _describe(error: jsonschema.ValidationError, secret: bool) -> tuple[str, str]:
@@ -71,7 +83,9 @@ def _describe(error: jsonschema.ValidationError, secret: bool) -> tuple[str, str
     if "propertyNames" in error.schema_path:
         name_hint = hint or "invalid name"
         return _field([*path, str(error.instance)]), f"invalid name: {name_hint}"
-    if v == "type":
+    if v == "type" and isinstance(error.instance, float) and error.instance.is_integer() and not secret:
+        msg = f"must be a whole number: write {int(error.instance)}, not {error.instance!r}"
+    elif v == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         msg = f"must be {expected}, not {_type_name(error.instance)}"
@@ -213,7 +227,7 @@ def load_control_repo(control_dir: str | Path, check_cert: bool = True) -> Contr
     apps_dir = root / APPS_DIR
     files = sorted(apps_dir.iterdir()) if apps_dir.is_dir() else []
     for path in files:
-        file = f"{shown}/{APPS_DIR}/{path.name}"
+        file = f"{shown}/{APPS_DIR}/{path.name if path.name.isprintable() else repr(path.name)}"
         if path.name.startswith(".") or path.is_dir():
             continue
         if path.suffix == ".yml":
@@ -257,11 +271,33 @@ def _check_hosts(platform: Platform, apps: Mapping[str, AppRegistration], shown:
     return errors
 
 
+def load_sealing_cert(root: Path, platform: Platform, platform_file: str) -> SealingCert:
+    """The certificate `sealing.cert` names, which must be a file inside the control repo ``root``.
+
+    The path is resolved (symlinks included) before anything is read, so a path leading out of the repo is
+    refused with one message whatever is there: no error tells whether a file outside exists.
+    """
+    relative = platform.sealing_cert
+    try:
+        base = root.resolve()
+        path: Path | None = (root / relative).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        path = None
+    if path is None or not path.is_relative_to(base) or path == base:
+        raise ValidationError(platform_file, "sealing.cert",
+                              f"{relative!r} is not a file inside the control repo; keep the certificate in "
+                              "the repo and name it by its path there, such as sealing-cert.pem")
+    try:
+        return SealingCert.load(path, shown=str(root / relative))
+    except UserError as e:
+        raise ValidationError(platform_file, "sealing.cert", str(e)) from None
+
+
 def _check_cert(root: Path, platform: Platform, platform_file: str) -> list[ValidationError]:
     try:
-        SealingCert.load(root / platform.sealing_cert)
-    except UserError as e:
-        return [ValidationError(platform_file, "sealing.cert", str(e))]
+        load_sealing_cert(root, platform, platform_file)
+    except ValidationError as e:
+        return [e]
     return []
 
 

@@ -113,9 +113,9 @@ class ControlRepo:
             ) from None
 
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_REPO = re.compile(r"^[a-z0-9]+([._:/-][a-z0-9]+)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_REPO = re.compile(r"[a-z0-9]+([._:/-][a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class ImageRef:
     def parse(cls, text: str) -> ImageRef:
         """Parse a full reference; raise ValueError with the expected form when it is not one."""
         name, sep, digest = text.strip().partition("@")
-        if not sep or not _DIGEST.match(digest):
+        if not sep or not _DIGEST.fullmatch(digest):
             raise ValueError(
                 f"{text!r} is not pinned by digest; expected host/repo[:tag]@sha256:<64 hex digits>"
             )
@@ -138,9 +138,9 @@ class ImageRef:
         last = name.rsplit("/", 1)[-1]
         if ":" in last:
             name, tag = name.rsplit(":", 1)
-            if not _TAG.match(tag):
+            if not _TAG.fullmatch(tag):
                 raise ValueError(f"{text!r} has an invalid tag {tag!r}")
-        if not name or not _REPO.match(name):
+        if not name or not _REPO.fullmatch(name):
             raise ValueError(f"{text!r} has an invalid repository name {name!r}")
         return cls(repository=name, digest=digest, tag=tag)
 

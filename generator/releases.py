@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import UserError, ValidationError, ValidationErrors
 from .gitops_tree import existing_apps, read_release, read_sealed
 from .layout import AppLayout
-from .loading import load_app_config
+from .loading import DOTCUPAAS, load_app_config
 from .models import AppConfig, BuildPlan, ControlRepo, ImageRef, Release
 from .plugins import PluginRegistry
 from .rendering import AppInputs, Files, Sealer, render_app, render_skeleton
@@ -24,7 +24,7 @@ from .runtimes import plan_build
 from .sealing import SealingCert, seal
 from .source import DirectorySource, SourceTree
 
-_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHA = re.compile(r"[0-9a-f]{40}")
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -33,8 +33,13 @@ def new_password(length: int) -> str:
 
 
 def plan_app(control: ControlRepo, app: str, source: SourceTree, registry: PluginRegistry,
-             shown: str = ".cupaas") -> tuple[AppConfig, BuildPlan]:
-    """Read `.cupaas`, check its runtime and add-ons exist, and let the runtime plugin plan the build."""
+             shown: str | None = None) -> tuple[AppConfig, BuildPlan]:
+    """Read `.cupaas`, check its runtime and add-ons exist, and let the runtime plugin plan the build.
+
+    ``shown`` is the app's `.cupaas` as messages name it, the app included (default ``<app>: .cupaas``):
+    with several apps, an error must say which one it is about.
+    """
+    shown = shown or f"{app}: {DOTCUPAAS}"
     config = load_app_config(source, shown)
     runtime = registry.runtime(config.runtime, shown, "runtime")
     for i, service in enumerate(config.services):
@@ -42,11 +47,33 @@ def plan_app(control: ControlRepo, app: str, source: SourceTree, registry: Plugi
         if service == app:
             raise ValidationError(shown, f"services.{i}",
                                   f"the app is named {app!r} like this add-on; rename the app")
-    return config, plan_build(runtime, source, config, control.platform)
+    try:
+        return config, plan_build(runtime, source, config, control.platform)
+    except ValidationError as e:
+        raise _in_source(e, shown, source) from None
+    except UserError as e:
+        raise UserError(f"{app}: {e}") from None
+
+
+def _in_source(error: ValidationError, shown: str, source: SourceTree) -> ValidationError:
+    """A runtime plugin's error, with the app's files named the way ``shown`` names its `.cupaas`.
+
+    The plugin names `.cupaas` and the app's own files (requirements.txt, ...) by their path in the
+    source; its spec file and cupaas.yaml are not the app's and stay as they are.
+    """
+    if error.file == DOTCUPAAS:
+        return ValidationError(shown, error.field, error.message)
+    try:
+        of_the_app = error.file != "cupaas.yaml" and source.exists(error.file)
+    except UserError:  # not a path inside the source at all
+        of_the_app = False
+    if not of_the_app:
+        return error
+    return ValidationError(shown.removesuffix(DOTCUPAAS) + error.file, error.field, error.message)
 
 
 def release_from_source(control: ControlRepo, app: str, source: SourceTree, image: ImageRef,
-                        commit: str | None, registry: PluginRegistry, shown: str = ".cupaas") -> Release:
+                        commit: str | None, registry: PluginRegistry, shown: str | None = None) -> Release:
     """The release of an app source and its image, recording the start command the plugin chose."""
     config, plan = plan_app(control, app, source, registry, shown)
     return release_of(app, config, plan, image, commit)
@@ -68,7 +95,7 @@ def release_for(control: ControlRepo, gitops_dir: Path, app: str, source_dir: st
         if not directory.is_dir():
             raise UserError(f"--source {app}={directory}: not a directory")
         return release_from_source(control, app, DirectorySource(directory), image, None, registry,
-                                   shown=f"{directory}/.cupaas")
+                                   shown=f"{app}: {directory}/{DOTCUPAAS}")
     if recorded is None:
         raise UserError(f"app {app!r}: no .cupaas; pass --source {app}=DIR (nothing is recorded in {gitops_dir})")
     commit = recorded.commit if recorded.image == image else commit_of(image)
@@ -83,7 +110,7 @@ def release_of(app: str, config: AppConfig, plan: BuildPlan, image: ImageRef, co
 
 def commit_of(image: ImageRef) -> str | None:
     """The commit an image was built from, when its tag is a full commit sha (as cupaas tags them)."""
-    return image.tag if image.tag and _SHA.match(image.tag) else None
+    return image.tag if image.tag and _SHA.fullmatch(image.tag) else None
 
 
 def cert_sealer(cert: SealingCert) -> Sealer:

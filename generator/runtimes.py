@@ -40,7 +40,7 @@ from .source import SourceTree, normalize
 _MAX_SCAN_BYTES = 1_000_000
 # Values copied from an app's files into a shell command; anything else is not a module name and
 # would be a way to inject shell syntax into the image's CMD.
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.:/-]*$")
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.:/-]*")
 
 
 @dataclass(frozen=True)
@@ -433,7 +433,7 @@ def _match(run: _Run, path: str, patterns: list[re.Pattern[str]]) -> dict[str, s
         if found is None:
             return None
         values |= {k: v for k, v in found.groupdict().items() if v is not None}
-    if all(_SAFE_VALUE.match(v) and ".." not in v for v in values.values()):
+    if all(_SAFE_VALUE.fullmatch(v) and ".." not in v for v in values.values()):
         return values
     return None
 

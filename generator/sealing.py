@@ -86,16 +86,20 @@ class SealingCert:
         return cls(public_key=key, fingerprint=hashlib.sha256(spki).hexdigest())
 
     @classmethod
-    def load(cls, path: pathlib.Path) -> SealingCert:
-        """Read and check the certificate file a control repo points to (`sealing.cert`)."""
+    def load(cls, path: pathlib.Path, shown: str | None = None) -> SealingCert:
+        """Read and check a certificate file; ``shown`` names it in messages (default: ``path``).
+
+        A control repo's `sealing.cert` goes through `loading.load_sealing_cert`, which keeps it inside the repo.
+        """
+        shown = shown or str(path)
         try:
             data = path.read_bytes()
         except FileNotFoundError as e:
-            raise UserError(f"{path}: sealing certificate not found; {FETCH_HINT}") from e
+            raise UserError(f"{shown}: sealing certificate not found; {FETCH_HINT}") from e
         except OSError as e:
             reason = e.strerror or type(e).__name__
-            raise UserError(f"{path}: sealing certificate cannot be read ({reason}); {FETCH_HINT}") from e
-        return cls.from_pem(data, str(path))
+            raise UserError(f"{shown}: sealing certificate cannot be read ({reason}); {FETCH_HINT}") from e
+        return cls.from_pem(data, shown)
 
 
 def seal(cert: SealingCert, plaintext: bytes | str, namespace: str, name: str) -> str:

@@ -22,7 +22,7 @@ import docker
 import pytest
 from loopback import HTTP, MANIFEST_TYPES, free_port
 
-from generator.builder import DockerBuilder
+from generator.builder import DockerBuilder, _without_userinfo
 from generator.errors import TransientError, UserError
 from generator.models import ImageRef
 
@@ -250,6 +250,15 @@ def test_build_honours_the_apps_dockerignore(
     ref = build(f"{registry}/cupaas-test/dockerignore", f"FROM {base_image}\nCOPY . /app\n", context)
 
     assert run_in_image(engine, ref, LIST_APP).strip() == "['app.py']"
+
+
+@pytest.mark.parametrize("source", [
+    "https://x-access-token:s3cret@git.example.com/acme/web.git",
+    "https://deployer:p@ss:s3cret@git.example.com/acme/web.git",  # "@" and ":" in the password
+    "https://tok@s3cret@git.example.com/acme/web.git",
+])
+def test_label_values_drop_url_credentials(source: str) -> None:
+    assert _without_userinfo(source) == "https://git.example.com/acme/web.git"
 
 
 # The docker SDK does not close the socket of a failed unix-socket connect; it is only garbage.

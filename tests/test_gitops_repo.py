@@ -304,10 +304,16 @@ def test_credentials_in_url_never_shown(refusing_port: int, tmp_path: Path) -> N
         ("https://ghp_token@github.com/a/b.git", "https://***@github.com/a/b.git"),
         ("ssh://git@host/r.git", "ssh://git@host/r.git"),
         ("git@github.com:acme/gitops.git", "git@github.com:acme/gitops.git"),
+        # The userinfo ends at the last "@" before the host: a password may hold "@" and ":".
+        ("fatal: 'http://deployer:p@ssW0rdTail@host/a.git/'", "fatal: 'http://deployer:***@host/a.git/'"),
+        ("http://deployer:a:b@c:d@e@127.0.0.1:3000/acme/gitops.git", "http://deployer:***@127.0.0.1:3000/acme/gitops.git"),
+        ("https://tok@en@github.com/a/b.git", "https://***@github.com/a/b.git"),
+        ("clone of https://u:p@ss@host failed", "clone of https://u:***@host failed"),
     ],
 )
 def test_redact_hides_url_credentials(text: str, shown: str) -> None:
     assert redact(text) == shown
+    assert "ssW0rdTail" not in redact(text) and "@ss" not in redact(text)
 
 
 def test_crash_leftovers_in_cache_are_discarded(bare: Path, url: str, tmp_path: Path) -> None:

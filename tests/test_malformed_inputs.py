@@ -14,6 +14,12 @@ from golden_support import read_tree
 from sealing_support import TEST_KEY_DIR
 
 from generator.cli import cli
+from generator.errors import ValidationError
+from generator.loading import load_control_repo
+from generator.plugins import PluginRegistry
+from generator.releases import plan_app
+from generator.sealing import SealingCert, seal
+from generator.source import DirectorySource
 
 IMAGE = "127.0.0.1:5000/cupaas/tasks:0123456789abcdef0123456789abcdef01234567@sha256:" + "ab" * 32
 SECRET_PLAINTEXT = "hunter2-plaintext"
@@ -75,6 +81,21 @@ def _drop(key: str) -> Callable[[dict], None]:
     return lambda data: data.pop(key)
 
 
+def _cert_at(repo: Repo, cert: str, link: str | None = None) -> None:
+    """Point `sealing.cert` at ``cert``, with a valid certificate in ../outside (and ``link`` leading there)."""
+    outside = repo.control.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    shutil.copy(TEST_KEY_DIR / "test-cert.pem", outside / "cert.pem")
+    if link:
+        (repo.control / link).symlink_to(outside)
+    repo.edit_yaml("cupaas.yaml", _set(["sealing", "cert"], cert))
+
+
+def _sealed() -> str:
+    """A value that passes as sealed, so only what is around it can be wrong."""
+    return seal(SealingCert.load(TEST_KEY_DIR / "test-cert.pem"), "s3cret", "tasks-production", "tasks-secrets")
+
+
 # (id, how to break the repo, file named in the message, field named in the message, extra args)
 CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("platform-yaml-syntax", lambda r: r.write("cupaas.yaml", "domain: [unclosed\n"), "cupaas.yaml", "line"),
@@ -101,6 +122,10 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("base-image-invalid", lambda r: r.edit_yaml("cupaas.yaml", _set(["runtimes", "python", "base_image"], "FROM evil\nRUN x")), "cupaas.yaml", "runtimes.python.base_image"),
     ("sealing-cert-missing", lambda r: (r.control / "sealing-cert.pem").unlink(), "cupaas.yaml", "sealing.cert"),
     ("sealing-cert-garbage", lambda r: r.write("sealing-cert.pem", "not a cert"), "cupaas.yaml", "sealing.cert"),
+    # A valid certificate, but outside the control repo: refused before it is read.
+    ("sealing-cert-outside", lambda r: _cert_at(r, "../outside/cert.pem"), "cupaas.yaml", "sealing.cert: '../outside/cert.pem' is not a file inside the control repo"),
+    ("sealing-cert-absolute", lambda r: _cert_at(r, str(TEST_KEY_DIR / "test-cert.pem")), "cupaas.yaml", "is not a file inside the control repo"),
+    ("sealing-cert-symlink-out", lambda r: _cert_at(r, "link/cert.pem", link="link"), "cupaas.yaml", "sealing.cert: 'link/cert.pem' is not a file inside"),
     ("app-name-invalid", lambda r: r.write("apps/Bad_Name.yaml", "repo: x\nbranch: main\n"), "apps/Bad_Name.yaml", "app name"),
     ("app-name-starts-with-digit", lambda r: r.write("apps/1app.yaml", "repo: x\nbranch: main\n"), "apps/1app.yaml", "start with a letter"),
     ("app-name-too-long", lambda r: r.write(f"apps/{'a' * 41}.yaml", "repo: x\nbranch: main\n"), f"apps/{'a' * 41}.yaml", "40"),
@@ -129,6 +154,23 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("dotcupaas-unknown-field", lambda r: r.write(".cupaas", "runtime: python\nruntine: x\n", r.source), ".cupaas", "runtine: unknown field"),
     ("start-command-undetectable", lambda r: r.write("app.py", "print('hello')\n", r.source), ".cupaas", "run"),
     ("dockerfile-missing", lambda r: r.write(".cupaas", "runtime: python\ndockerfile: Dockerfile.prod\n", r.source), ".cupaas", "dockerfile"),
+    # A pattern's `$` also matches before a final newline: every field must refuse one.
+    ("app-name-trailing-newline", lambda r: r.write("apps/tasks\n.yaml", "repo: x\nbranch: main\n"), "apps/'tasks\\n.yaml'", "not a valid app name"),
+    ("domain-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["domain"], "apps.example.com\n")), "cupaas.yaml", "domain"),
+    ("registry-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["registry"], "127.0.0.1:5000/cupaas\n")), "cupaas.yaml", "registry"),
+    ("environment-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["environment"], "staging\n")), "cupaas.yaml", "environment"),
+    ("ingress-class-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["ingress", "class"], "nginx\n")), "cupaas.yaml", "ingress.class"),
+    ("cluster-issuer-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["ingress", "cluster_issuer"], "letsencrypt\n")), "cupaas.yaml", "ingress.cluster_issuer"),
+    ("gitops-branch-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "branch"], "main\n")), "cupaas.yaml", "gitops.branch"),
+    ("app-branch-trailing-newline", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["branch"], "main\n")), "apps/tasks.yaml", "branch"),
+    ("env-name-trailing-newline", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["env", "DEBUG\n"], "1")), "apps/tasks.yaml", "env.'DEBUG\\n'"),
+    ("secret-name-trailing-newline", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["secrets", "API_TOKEN\n"], _sealed())), "apps/tasks.yaml", "secrets.'API_TOKEN\\n'"),
+    ("domains-trailing-newline", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["domains"], ["tasks.example.org\n"])), "apps/tasks.yaml", "domains.0"),
+    ("healthcheck-trailing-newline", lambda r: r.write(".cupaas", 'runtime: python\nhealthcheck: "/healthz\\n"\n', r.source), ".cupaas", "healthcheck"),
+    # JSON Schema's "integer" takes 8080.0; Kubernetes would get `containerPort: 8080.0`.
+    ("port-float", lambda r: r.write(".cupaas", "runtime: python\nport: 8080.0\n", r.source), ".cupaas", "port: must be a whole number"),
+    ("port-float-exponent", lambda r: r.write(".cupaas", "runtime: python\nport: 1.0e+3\n", r.source), ".cupaas", "port: must be a whole number"),
+    ("replicas-float", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["replicas"], 1.0)), "apps/tasks.yaml", "replicas: must be a whole number"),
 ]
 
 
@@ -200,3 +242,94 @@ def test_image_not_pinned_by_digest_is_a_usage_error(repo: Repo, ref: str) -> No
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "--image" in result.output
+
+
+@pytest.mark.parametrize(("app", "key", "named"), [
+    ("tasks\n", "API_TOKEN", "not a valid app name"),
+    ("tasks", "API_TOKEN\n", "key 'API_TOKEN\\n'"),
+], ids=["app", "key"])
+def test_seal_refuses_a_trailing_newline(repo: Repo, app: str, key: str, named: str) -> None:
+    result = CliRunner().invoke(cli, ["seal", str(repo.control), app, key, "--value", "s3cret"])
+    assert result.exit_code == 1, result.output
+    assert named in result.output and "Traceback" not in result.output
+
+
+def test_init_refuses_a_domain_with_a_trailing_newline(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "c"), str(tmp_path / "g"), "--domain", "a.com\n"])
+    assert result.exit_code == 1, result.output
+    assert "cupaas.yaml: domain:" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ref", [
+    "127.0.0.1:5000/cupaas/tasks:v1\n@sha256:" + "a" * 64,
+    "127.0.0.1:5000/cupaas/tasks\n@sha256:" + "a" * 64,
+], ids=["tag", "repository"])
+def test_image_with_a_trailing_newline_is_a_usage_error(repo: Repo, ref: str) -> None:
+    args = ["render", str(repo.control), "--out", str(repo.out), "--source", f"tasks={repo.source}",
+            "--image", f"tasks={ref}"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "--image" in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "render", "seal"])
+def test_sealing_cert_outside_the_repo_tells_nothing_about_what_is_there(repo: Repo, command: str) -> None:
+    outside = repo.control.parent / "outside"
+    repo.edit_yaml("cupaas.yaml", _set(["sealing", "cert"], "../outside/target"))
+    args = {"validate": ["validate", str(repo.control)],
+            "render": ["render", str(repo.control), "--out", str(repo.out), "--app", "tasks",
+                       "--source", f"tasks={repo.source}", "--image", f"tasks={IMAGE}"],
+            "seal": ["seal", str(repo.control), "tasks", "API_TOKEN", "--value", "s3cret"]}[command]
+    outputs = []
+    for make in [lambda p: None, lambda p: p.mkdir(), lambda p: shutil.copy(TEST_KEY_DIR / "test-key.pem", p),
+                 lambda p: p.write_text("not a cert"), lambda p: shutil.copy(TEST_KEY_DIR / "test-cert.pem", p)]:
+        shutil.rmtree(outside, ignore_errors=True)
+        outside.mkdir()
+        make(outside / "target")
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        outputs.append(result.output)
+    assert "sealing.cert: '../outside/target' is not a file inside the control repo" in outputs[0]
+    assert len(set(outputs)) == 1, outputs  # missing, a directory, a private key, garbage, a certificate
+
+
+def _render_both(repo: Repo, other_source: Path, *extra: str) -> tuple[int, list[str]]:
+    args = ["render", str(repo.control), "--out", str(repo.out), "--source", f"tasks={repo.source}",
+            "--image", f"tasks={IMAGE}", "--source", f"other={other_source}", *extra]
+    result = CliRunner().invoke(cli, args)
+    return result.exit_code, [line for line in result.output.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize(("breaks", "message"), [
+    (lambda r: r.write("app.py", "print('hello')\n", r.source), "run: cannot tell how to start this python app"),
+    (lambda r: r.write("requirements.txt", "-r missing.txt\n", r.source), "requirements.txt: includes missing.txt"),
+    (lambda r: r.write(".cupaas", "runtime: python\ndockerfile: Dockerfile.prod\n", r.source), "dockerfile"),
+], ids=["start-command", "requirements", "dockerfile"])
+def test_with_several_apps_every_error_names_its_app(repo: Repo, tmp_path: Path,
+                                                     breaks: Callable[[Repo], None], message: str) -> None:
+    other = tmp_path / "other-source"
+    shutil.copytree(repo.source, other)
+    breaks(repo)
+    code, errors = _render_both(repo, other, "--image", f"other={IMAGE.replace('tasks', 'other')}")
+    assert code == 1, errors
+    [error] = [line for line in errors if message in line]
+    assert error.startswith(f"error: tasks: {repo.source}/"), error
+
+
+def test_with_several_apps_an_invalid_image_names_its_app(repo: Repo) -> None:
+    result = CliRunner().invoke(cli, ["render", str(repo.control), "--out", str(repo.out),
+                                      "--image", f"tasks={IMAGE}", "--image", "other=not an image!!"])
+    assert result.exit_code == 2
+    assert "app 'other': 'not an image!!' is not pinned by digest" in result.output
+
+
+def test_plan_names_the_app_by_default(repo: Repo) -> None:
+    repo.write("app.py", "print('hello')\n", repo.source)
+    control = load_control_repo(repo.control)
+    with pytest.raises(ValidationError) as error:
+        plan_app(control, "tasks", DirectorySource(repo.source), PluginRegistry())
+    assert str(error.value).startswith("tasks: .cupaas: run: cannot tell how to start")
+    with pytest.raises(ValidationError) as error:  # as the deploy pipeline shows it
+        plan_app(control, "tasks", DirectorySource(repo.source), PluginRegistry(), shown="tasks@0123abcd: .cupaas")
+    assert str(error.value).startswith("tasks@0123abcd: .cupaas: run: cannot tell how to start")

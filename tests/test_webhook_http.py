@@ -6,6 +6,7 @@ end to end over a real port is tests/test_webhook_e2e.py.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -114,6 +115,26 @@ def test_body_over_the_limit_is_413(app: Flask, client: FlaskClient) -> None:
     app.config["MAX_CONTENT_LENGTH"] = 1024
     body = json.dumps({"padding": "x" * 4096}).encode()
     assert _post(client, BY_ID["github"], body).status_code == 413
+    assert _queued(app) == 0
+
+
+def _post_chunked(client: FlaskClient, forge: Forge, body: bytes) -> Any:
+    """A delivery without Content-Length, as gunicorn passes a chunked one on (it ends the stream itself)."""
+    headers = {**forge.headers(body), "Transfer-Encoding": "chunked"}
+    response = client.post(f"/hooks/{forge.id}", input_stream=io.BytesIO(body), headers=headers,
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code < 500, response.get_data(as_text=True)
+    return response
+
+
+def test_chunked_body_over_the_limit_is_413_not_cut(app: Flask, client: FlaskClient) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    fits = json.dumps({"ref": "refs/tags/v1", "padding": "x" * 1024}).encode()[:1024]
+    over = json.dumps({"padding": "x" * 1024}).encode()[:1025]
+    assert _post_chunked(client, BY_ID["github"], fits).status_code == 400  # read whole: cut JSON, not too large
+    response = _post_chunked(client, BY_ID["github"], over)
+    assert response.status_code == 413, response.get_json()
+    assert "larger than 1024 bytes" in response.get_json()["error"]
     assert _queued(app) == 0
 
 

@@ -99,6 +99,19 @@ def test_pool_exception_marks_job_failed_with_a_one_line_error(
     assert "Traceback" in record.getMessage() and "s3cret" not in record.getMessage()
 
 
+def test_job_error_hides_a_password_holding_at_signs(queue: SqliteJobQueue,
+                                                    start_pool: Callable[..., WorkerPool]) -> None:
+    def run_job(job: Job, log: Log) -> JobOutcome:
+        raise DeployError("fetch", UserError("fatal: unable to access "
+                                             "'http://deployer:p@ssW0rdTail@127.0.0.1:3000/acme/shop.git/'"))
+
+    start_pool(run_job)
+    [job] = wait_until_ended(queue, [enqueue(queue, "shop")])
+    assert job.error == ("deploy failed at step fetch: fatal: unable to access "
+                         "'http://deployer:***@127.0.0.1:3000/acme/shop.git/'")
+    assert "ssW0rdTail" not in job.log
+
+
 def test_pool_user_error_fails_once_with_its_message(queue: SqliteJobQueue,
                                                      start_pool: Callable[..., WorkerPool]) -> None:
     def run_job(job: Job, log: Log) -> JobOutcome:

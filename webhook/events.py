@@ -77,7 +77,7 @@ _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")  # SHA-1, or SHA-256 object 
 _DELIVERY = re.compile(r"[\x21-\x7e]{1,200}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 # What git refuses in a branch name (check-ref-format), checked before the name travels on.
-_BAD_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|^-|\.$")
+_BAD_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|^-|\.\Z")
 _BITBUCKET_FULL_NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 

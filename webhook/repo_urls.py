@@ -32,7 +32,7 @@ import urllib.parse
 
 # git's rule (connect.c): no "://" and a colon before any slash make an scp-like address. A host in
 # brackets may hold colons (IPv6).
-_SCP_LIKE = re.compile(r"^(?:[^@/]+@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+):(?P<path>.*)$")
+_SCP_LIKE = re.compile(r"^(?:[^@/]+@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+):(?P<path>.*)\Z")
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _UNPRINTABLE = re.compile(r"[\x00-\x20\x7f]")
 

@@ -12,7 +12,10 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from generator.errors import UserError
+
 from .app import create_app, runtime_of
+from .http_worker import ThreadWorker, supported
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -38,11 +41,17 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 
 def serve(config: Mapping[str, Any], host: str, port: int, http_threads: int = 8) -> None:
+    if not supported():
+        raise UserError("the installed gunicorn's gthread worker lacks the deferred reads cupaas serve builds on "
+                        "to bound slow clients (webhook/http_worker.py; made for gunicorn 27)")
     options = {
         "bind": f"{host}:{port}",
         "workers": 1,
-        "worker_class": "gthread",
+        # gthread, but a request's head is read without holding a thread, and every read is bounded:
+        # slow clients cannot starve /healthz or the hooks (webhook/http_worker.py says why and how).
+        "worker_class": ThreadWorker,
         "threads": http_threads,
+        "keepalive": 5,  # seconds a connection may stay silent (before a request or between two)
         "timeout": 120,
         "graceful_timeout": 30,
         "accesslog": "-",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 # Suites of the Debian archive itself (not security, not third-party repositories such as nodistro).
 _ARCHIVE_SUITE = re.compile(r"^(buster|bullseye|bookworm|trixie|forky|duke|sid|oldstable|stable|testing|unstable)"
-                            r"(-updates|-backports)?$")
+                            r"(-updates|-backports)?\Z")
 
 
 def host_debian_mirror(etc: Path = Path("/etc/apt")) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from ..app import runtime_of
 from ..events import FORGES, Ignored, WebhookError, parse_webhook
@@ -19,7 +20,21 @@ def receive(forge: str) -> Any:
     if forge not in FORGES:
         count.labels(forge="unknown", outcome="not_found").inc()
         return jsonify(error=f"unknown forge {forge!r}; use one of: {', '.join(FORGES)}"), 404
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    # Flask refuses a Content-Length over the limit (413), but a chunked body has none: it is read up to
+    # the limit and cut there. Reading one byte more tells a body that fits from one that does not.
+    limit = request.max_content_length
+    if limit is not None:
+        request.max_content_length = limit + 1
+    try:
+        body = request.get_data(cache=False)
+    except HTTPException:
+        raise  # 413 for a Content-Length over the limit, 400 for a client gone before the end
+    except Exception:  # the server refused the body as it read it (a malformed chunk): still the client's error
+        count.labels(forge=forge, outcome="400").inc()
+        return jsonify(error="the request body is not valid HTTP (malformed chunked encoding?)"), 400
+    if limit is not None and len(body) > limit:
+        count.labels(forge=forge, outcome="413").inc()
+        return jsonify(error=f"body is larger than {limit} bytes"), 413
     try:
         parsed = parse_webhook(forge, request.headers, body, runtime.secret)
     except WebhookError as e:
