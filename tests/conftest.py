@@ -19,17 +19,23 @@ def k8s() -> ModuleType:
     return k8s_validation
 
 
-def infra_setting(name: str) -> str:
-    """A setting scripts/test exports after `scripts/dev-env up`; without it the test fails saying so."""
+DEV_ENV_HINT = (
+    "These tests need dockerd, the local registry and the PyPI mirror: run them with scripts/test, or start "
+    "them with `scripts/dev-env up` and export CUPAAS_TEST_REGISTRY, CUPAAS_TEST_PYTHON_BASE_IMAGE and "
+    "CUPAAS_TEST_PYPI_MIRROR from its output (registry=..., python_base_image=..., pypi_mirror=...)."
+)
+CLUSTER_HINT = (
+    "These tests need the local cluster: run them with scripts/test, or start it with `scripts/cluster up` "
+    "and export CUPAAS_TEST_KUBECONFIG, CUPAAS_TEST_SEALING_CERT and CUPAAS_TEST_CLUSTER_KUBECTL from its "
+    "output (kubeconfig=..., sealing_cert=..., kubectl=...)."
+)
+
+
+def infra_setting(name: str, hint: str = DEV_ENV_HINT) -> str:
+    """A setting scripts/test exports after starting the infrastructure; without it the test fails saying so."""
     value = os.environ.get(name)
     if not value:
-        pytest.fail(
-            f"{name} is not set. These tests need dockerd, the local registry and the PyPI mirror: run "
-            "them with scripts/test, or start them with `scripts/dev-env up` and export "
-            "CUPAAS_TEST_REGISTRY, CUPAAS_TEST_PYTHON_BASE_IMAGE and CUPAAS_TEST_PYPI_MIRROR from its "
-            "output (registry=..., python_base_image=..., pypi_mirror=...).",
-            pytrace=False,
-        )
+        pytest.fail(f"{name} is not set. {hint}", pytrace=False)
     return value
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from conftest import infra_setting
+from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import git, make_app_repo
 from webhook_support import cupaas_command
 
@@ -77,8 +77,8 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Cluster:
-    kubeconfig = Path(infra_setting("CUPAAS_TEST_KUBECONFIG"))
-    cert = Path(infra_setting("CUPAAS_TEST_SEALING_CERT"))
+    kubeconfig = Path(infra_setting("CUPAAS_TEST_KUBECONFIG", CLUSTER_HINT))
+    cert = Path(infra_setting("CUPAAS_TEST_SEALING_CERT", CLUSTER_HINT))
     return Cluster(kubeconfig, cert)
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from conftest import CLUSTER_HINT, infra_setting
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -35,15 +36,7 @@ T = TypeVar("T")
 
 
 def setting(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(
-            f"{name} is not set. These tests need the local cluster: run them with scripts/test, or start it "
-            "with `scripts/cluster up` and export CUPAAS_TEST_KUBECONFIG and CUPAAS_TEST_SEALING_CERT from its "
-            "output (kubeconfig=..., sealing_cert=...).",
-            pytrace=False,
-        )
-    return value
+    return infra_setting(name, CLUSTER_HINT)
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:

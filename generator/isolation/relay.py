@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .holder import pump  # the same byte pump the holder runs inside the build's namespace
 from .mirrors import Endpoint
 
 CONNECT_TIMEOUT = 10.0
@@ -92,26 +93,12 @@ class Relay:
             self._open.update((client, upstream))
         for s in (client, upstream):
             s.settimeout(IDLE_TIMEOUT)
-        other = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        other = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         other.start()
-        _pump(client, upstream)
+        pump(client, upstream)
         other.join()
         with self._lock:
             self._open.discard(client)
             self._open.discard(upstream)
         client.close()
         upstream.close()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while True:
-            data = source.recv(65536)
-            if not data:
-                break
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
