@@ -154,6 +154,9 @@ class GitOpsRepo:
             fields = mode_type_sha.split()
             if len(fields) != 3 or fields[1] != "blob":
                 return None
+            if fields[0] == "120000":  # a symbolic link: its blob is the target's name, never read for it
+                raise UserError(f"{path}: is a symbolic link on {self.branch} of {self.shown_url}; cupaas never "
+                                "follows a symbolic link in the GitOps repo: remove it (git rm) and commit")
             data = clone.blob(fields[2])
         try:
             return data.decode("utf-8")

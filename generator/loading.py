@@ -165,9 +165,21 @@ def _env_value(value: str | int | float) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def command_error(command: str, file: str, field: str, fix: str = names.COMMAND_FIX) -> ValidationError | None:
+    """The error for a start command holding a character no manifest may carry (None: it is fine)."""
+    problem = names.unsafe_character(command, allow=names.COMMAND_BLANKS)
+    return ValidationError(file, field, f"{problem}; {fix}") if problem else None
+
+
 def app_from_raw(name: str, raw: dict[str, Any], file: str) -> AppRegistration:
     errors: list[ValidationError] = []
     env = {k: _env_value(v) for k, v in sorted(raw.get("env", {}).items())}
+    for key, value in env.items():
+        problem = names.unsafe_character(value, allow=names.ENV_VALUE_BLANKS)
+        if problem:
+            errors.append(ValidationError(file, _field(["env", key]),
+                                          f"{problem}, which a manifest cannot carry; remove it "
+                                          "(tabs and line breaks are fine)"))
     secrets = dict(sorted(raw.get("secrets", {}).items()))
     for key, value in secrets.items():
         reason = check_sealed_value(value)
@@ -304,6 +316,9 @@ def _check_cert(root: Path, platform: Platform, platform_file: str) -> list[Vali
 def parse_app_config(text: str, file: str = DOTCUPAAS) -> AppConfig:
     raw = parse_yaml(text, file)
     found = schema_errors(raw, "dotcupaas", file)
+    run_error = command_error(raw["run"], file, "run") if isinstance(raw.get("run"), str) else None
+    if run_error:
+        found.append(run_error)
     if found:
         raise ValidationErrors(found)
     return AppConfig(
@@ -337,10 +352,28 @@ def release_from_record(raw: Any, file: str, app: str) -> Release:
             raise ValidationErrors(found)
         config = parse_app_config(yaml.safe_dump(config_raw), file)
         commit = raw.get("commit")
+        start_command = raw.get("start_command")
+        start_command_source = raw.get("start_command_source", "recorded")
+        errors = _record_command_errors(file, {"start_command": start_command,
+                                               "start_command_source": start_command_source})
+        if errors:
+            raise ValidationErrors(errors)
         return Release(app=app, commit=str(commit) if commit else None, image=image, config=config,
-                       start_command=raw.get("start_command"),
-                       start_command_source=str(raw.get("start_command_source", "recorded")))
+                       start_command=start_command, start_command_source=str(start_command_source))
     except KeyError as e:
         raise ValidationError(file, str(e.args[0]), "is missing; re-deploy the app to rewrite the record") from None
     except ValueError as e:
         raise ValidationError(file, "image", str(e)) from None
+
+
+def _record_command_errors(file: str, fields: Mapping[str, Any]) -> list[ValidationError]:
+    """A release record's start command fields go into a manifest comment: text on one line, as `run` is."""
+    fix = "re-deploy the app to rewrite the record"
+    errors = []
+    for field, value in fields.items():
+        error = (None if value is None
+                 else ValidationError(file, field, f"must be text; {fix}") if not isinstance(value, str)
+                 else command_error(value, file, field, fix))
+        if error:
+            errors.append(error)
+    return errors

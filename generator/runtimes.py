@@ -30,6 +30,7 @@ from typing import Any
 
 import jinja2
 
+from . import names
 from .errors import UserError, ValidationError
 from .models import AppConfig, BuildPlan, Platform
 from .plugins import SPEC_FILE, Plugin, platform_default
@@ -468,9 +469,14 @@ def _procfile_web(run: _Run) -> tuple[str | None, str]:
     text = run.read("Procfile")
     if text is None:
         return None, "Procfile: not found"
-    for line in text.splitlines():
-        found = re.match(r"^\s*web\s*:\s*(.*\S)\s*$", line)
+    # Lines end at a line feed only: str.splitlines() also breaks at U+2028, NEL, \x1c..., which would
+    # cut a command short at a character that must be refused instead.
+    for line in text.split("\n"):
+        found = re.match(r"^\s*web\s*:\s*(.*\S)\s*$", line.removesuffix("\r"))
         if found:
+            problem = names.unsafe_character(found[1], allow=names.COMMAND_BLANKS)
+            if problem:
+                raise ValidationError("Procfile", "web", f"{problem}; {names.COMMAND_FIX}")
             return found[1], "Procfile web:"
     return None, "Procfile: no web: line"
 

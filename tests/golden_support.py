@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -56,6 +57,22 @@ def render_case(case: Path, tmp: Path, out: Path) -> Result:
 def read_tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every entry under ``root`` without following links: file bytes, ``-> target`` for a link, ``/`` a folder."""
+    found: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                found[rel] = f"-> {os.readlink(path)}"
+            elif path.is_dir():
+                found[rel] = "/"
+            else:
+                found[rel] = path.read_bytes()
+    return found
 
 
 _SEALED_LINE = re.compile(r"^(\s+[A-Za-z_][A-Za-z0-9_]*: )Ag[A-Za-z0-9+/=]+$", re.MULTILINE)

@@ -418,6 +418,19 @@ def test_read_file_missing_is_none(url: str, tmp_path: Path, seeded: bool) -> No
     assert new_repo(url, tmp_path / "cache").read_file("apps/nope/release.yaml") is None
 
 
+def test_read_file_refuses_a_symlink(url: str, tmp_path: Path) -> None:
+    """A release record that is a link in the GitOps repo is refused, not read as its target's name."""
+
+    def link(worktree: Path) -> Sequence[str]:
+        (worktree / "apps/tasks").mkdir(parents=True)
+        (worktree / "apps/tasks/release.yaml").symlink_to("/etc/passwd")
+        return ["apps/tasks/release.yaml"]
+
+    new_repo(url, tmp_path / "writer").publish(link, "Link the release record")
+    with pytest.raises(UserError, match=r"^apps/tasks/release.yaml: is a symbolic link on main of "):
+        new_repo(url, tmp_path / "cache").read_file("apps/tasks/release.yaml")
+
+
 @pytest.mark.parametrize("name", ["", "-x", "a..b", "a b", "cupaas/", "x.lock", "a:b"])
 def test_invalid_review_branch_is_user_error(url: str, tmp_path: Path, name: str) -> None:
     with pytest.raises(UserError, match="not a valid git branch name"):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from golden_support import read_tree
+from golden_support import read_tree, snapshot
+from k8s_validation import kustomize_build, validate_documents
 from sealing_support import TEST_KEY_DIR
 
 from generator.cli import cli
@@ -173,6 +174,45 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("replicas-float", lambda r: r.edit_yaml("apps/tasks.yaml", _set(["replicas"], 1.0)), "apps/tasks.yaml", "replicas: must be a whole number"),
 ]
 
+# Characters that must never reach a manifest: YAML cannot carry some at all (kustomize: "control
+# characters are not allowed"), YAML 1.1 and 1.2 readers disagree on others (line separators), and a
+# terminal obeys the rest. (id, character, how the message calls it)
+BAD_CHARACTERS = [
+    ("nul", "\x00", "control character"),
+    ("esc", "\x1b", "control character"),
+    ("bs", "\x08", "control character"),
+    ("del", "\x7f", "control character"),
+    ("nel", "\x85", "control character"),
+    ("csi", "\x9b", "control character"),
+    ("line-separator", "\u2028", "line separator"),
+    ("noncharacter", "\ufffe", "non-character"),
+]
+
+
+def _yaml_escape(ch: str) -> str:
+    """``ch`` as an escape inside a double-quoted YAML string (a raw one is a YAML syntax error)."""
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def _bad_run(ch: str) -> Callable[[Repo], None]:
+    return lambda r: r.write(".cupaas", f'runtime: python\nrun: "gunicorn{_yaml_escape(ch)} app:app"\n', r.source)
+
+
+def _bad_procfile(ch: str) -> Callable[[Repo], None]:
+    return lambda r: r.write("Procfile", f"web: gunicorn{ch}app:app --bind 0.0.0.0:$PORT\n", r.source)
+
+
+def _bad_env(ch: str) -> Callable[[Repo], None]:
+    return lambda r: r.edit_yaml("apps/tasks.yaml", _set(["env", "BANNER"], f"hello{ch}world"))
+
+
+for _id, _ch, _kind in BAD_CHARACTERS:
+    CASES += [
+        (f"run-{_id}", _bad_run(_ch), ".cupaas", f"run: contains the {_kind} {_ch!r} (U+{ord(_ch):04X})"),
+        (f"procfile-web-{_id}", _bad_procfile(_ch), "Procfile", f"web: contains the {_kind} {_ch!r}"),
+        (f"env-value-{_id}", _bad_env(_ch), "apps/tasks.yaml", f"env.BANNER: contains the {_kind} {_ch!r}"),
+    ]
+
 
 def _render(repo: Repo, extra: list[str] | None = None) -> tuple[int, str]:
     args = ["render", str(repo.control), "--out", str(repo.out),
@@ -203,6 +243,7 @@ def test_malformed_input_exits_1_naming_file_and_field(
     error_lines = [line for line in output.splitlines() if line.startswith("error: ")]
     assert any(file in line and field in line for line in error_lines), output
     assert SECRET_PLAINTEXT not in output
+    assert not any(ch in output for _id, ch, _kind in BAD_CHARACTERS), "shown escaped, never raw"
     assert read_tree(repo.out) == before, "a failed render must leave the output directory untouched"
 
 
@@ -333,3 +374,80 @@ def test_plan_names_the_app_by_default(repo: Repo) -> None:
     with pytest.raises(ValidationError) as error:  # as the deploy pipeline shows it
         plan_app(control, "tasks", DirectorySource(repo.source), PluginRegistry(), shown="tasks@0123abcd: .cupaas")
     assert str(error.value).startswith("tasks@0123abcd: .cupaas: run: cannot tell how to start")
+
+
+def test_rendered_yaml_of_a_valid_app_holds_no_control_character(repo: Repo) -> None:
+    """What is allowed (tab, line breaks, any other text) is escaped or plain YAML that kustomize reads back."""
+    env = {"LOG_LEVEL": "info", "MOTD": "line one\nline two\n", "TSV": "a\tb", "CRLF": "a\r\nb",
+           "TEXT": "héllo wörld ✓ 日本\xa0\U0001f600", "MIXED": "tab\there\nand a line"}
+    repo.edit_yaml("apps/tasks.yaml", _set(["env"], env))
+    repo.write(".cupaas", 'runtime: python\nservices: [mongodb]\nrun: "gunicorn\\tapp:app"\n', repo.source)
+    code, output = _render(repo)
+    assert code == 0, output
+    for path, text in read_tree(repo.out).items():
+        bad = [ch for ch in text if (ch < " " and ch not in "\n\t") or "\x7f" <= ch <= "\x9f"]
+        assert not bad, (path, bad)
+    objects = validate_documents(kustomize_build(repo.out / "apps/tasks/overlays/production"))
+    [config_map] = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert config_map["data"] == env
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "exec gunicorn\tapp:app"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("start_command", "gunicorn\x1b[2J app:app"),
+    ("start_command_source", "Procfile\x9b web:"),
+    ("start_command", "gunicorn app:app\nrm -rf /"),
+])
+def test_a_tampered_release_record_is_refused(repo: Repo, field: str, value: str) -> None:
+    """A release record comes from the GitOps repo, which others can push to: it is input like any other."""
+    assert _render(repo)[0] == 0
+    record = repo.out / "apps/tasks/release.yaml"
+    data = yaml.safe_load(record.read_text())
+    data[field] = value
+    record.write_text(yaml.safe_dump(data))
+    before = snapshot(repo.out)
+    result = CliRunner().invoke(cli, ["render", str(repo.control), "--out", str(repo.out), "--app", "tasks"])
+    assert result.exit_code == 1, result.output
+    assert f"apps/tasks/release.yaml: {field}: " in result.output
+    assert "\x1b" not in result.output and "\x9b" not in result.output
+    assert snapshot(repo.out) == before
+
+
+# --- symbolic links in the GitOps tree (--out): refused, never followed ---------------------------------
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+
+# (id, the link inside --out, what it points at inside a folder outside the tree; "." is that folder)
+SYMLINKS = [
+    ("app-folder", "apps/tasks", "."),
+    ("overlays-folder", "apps/tasks/overlays", "."),
+    ("release-record", "apps/tasks/release.yaml", "passwd"),
+    ("rendered-file", "apps/tasks/base/deployment.yaml", "passwd"),
+    ("unregistered-app", "apps/ghost", "."),
+]
+
+
+@pytest.mark.parametrize(("link", "target"), [s[1:] for s in SYMLINKS], ids=[s[0] for s in SYMLINKS])
+def test_render_refuses_a_symlink_in_the_gitops_tree(repo: Repo, link: str, target: str) -> None:
+    assert _render(repo)[0] == 0  # the tree an earlier render left
+    outside = repo.control.parent / "elsewhere"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("do not delete\n")
+    (outside / "passwd").write_text(PASSWD)
+    path = repo.out / link
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    path.symlink_to(outside / target)
+    (repo.control / "apps/other.yaml").unlink()  # a full render of every app: unregistered ones are removed
+    before_outside, before_out = snapshot(outside), snapshot(repo.out)
+    result = CliRunner().invoke(cli, ["render", str(repo.control), "--out", str(repo.out),
+                                      "--source", f"tasks={repo.source}", "--image", f"tasks={IMAGE}"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # a message, not a traceback
+    assert f"error: {link}: is a symbolic link" in result.output, result.output
+    assert "remove" in result.output
+    assert snapshot(outside) == before_outside, "nothing outside the tree may change"
+    assert snapshot(repo.out) == before_out, "nothing inside the tree may change either"
