@@ -223,9 +223,10 @@ def images_build(control_dir: Path, minors: Sequence[str]) -> None:
     """
     import time
 
-    from .images.base_images import BaseImages
+    from .images.base_images import BaseImages, flavors_for
 
     platform = load_platform(control_dir, f"{control_dir}/{PLATFORM_FILE}")
+    flavors_for(minors)  # a minor without a recipe is refused before the engine is asked anything
     started = time.monotonic()
     for image in BaseImages(platform, log=lambda line: click.echo(line, err=True)).build(minors):
         click.echo(f"image={image}")

@@ -9,6 +9,7 @@ fail the build on purpose, so the deploy log carries their report and nothing ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -244,3 +245,35 @@ def test_app_with_dependencies_and_no_pypi_mirror_is_refused_before_its_build(
         in done.stderr
     assert "Failed at step plan" in done.stderr and "Building" not in done.stdout
     assert heads(gitops) == before
+
+
+def test_a_holder_left_by_a_killed_cupaas_is_removed_by_the_next_build(
+    tmp_path: Path, registry: str, base_image: str
+) -> None:
+    import docker
+
+    from generator.isolation.sandbox import LABEL
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    client = docker.from_env()
+    orphan = client.containers.create(base_image, ["sleep", "600"], network_mode="none",
+                                      labels={LABEL: f"{socket.gethostname()}:{dead.pid}"})
+    app = make_app_repo(tmp_path, "tasks")
+    gitops = make_gitops_repo(tmp_path, initial_commit=True)
+    control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"tasks": app.url})
+    try:
+        done = subprocess.run([*cupaas_command(), "deploy", str(control), "tasks", "--state-dir",
+                               str(tmp_path / "s")], capture_output=True, text=True, timeout=600,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(orphan.id)
+        # and the build's own holder is gone too
+        mine = [c for c in client.containers.list(all=True, filters={"label": LABEL})
+                if c.labels[LABEL].startswith(f"{socket.gethostname()}:")]
+        assert mine == []
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            orphan.remove(force=True)
+        client.close()

@@ -30,12 +30,22 @@ HOLDER_PROGRAM = Path(__file__).with_name("holder.py")
 HOLDER_DIR = "/cupaas-relay"  # where the holder sees the shared directory
 READY_TIMEOUT = 20.0
 PROBE_TIMEOUT = 5.0
-LABEL = "org.cupaas.build-holder"
+LABEL = "org.cupaas.build-holder"  # <host>:<pid> of the cupaas process that started it
 # Where the shared directories are made; the engine must see the same path (the chart mounts one
 # volume at this path in both the cupaas and the engine containers).
 RELAY_DIR_ENV = "CUPAAS_BUILD_RELAY_DIR"
 
 Log = Callable[[str], None]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT) -> None:
@@ -92,7 +102,21 @@ class BuildSandbox:
         return " ".join(f"package mirror {e.url} (cupaas.yaml {e.setting}) was unreachable during the build: "
                         f"{why}." for e, why in self._relay.failures())
 
+    def _remove_orphans(self) -> None:
+        """Remove holders left by a cupaas process of this host that died mid-build (SIGKILL, OOM)."""
+        host = socket.gethostname()
+        try:
+            found = self._api.containers(all=True, filters={"label": LABEL})
+        except docker.errors.APIError:
+            return
+        for container in found:
+            owner_host, _, pid = str((container.get("Labels") or {}).get(LABEL, "")).rpartition(":")
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(docker.errors.APIError):
+                    self._api.remove_container(container["Id"], force=True)
+
     def _start(self, endpoints: tuple[Endpoint, ...]) -> None:
+        self._remove_orphans()
         image = self._network.helper_image
         if not image:
             raise UserError("a build with mirrors needs a helper image with python3 (the runtime's base image)")
@@ -108,7 +132,8 @@ class BuildSandbox:
         try:
             created: dict[str, Any] = self._api.create_container(
                 image, command=["python3", f"{HOLDER_DIR}/holder.py", json.dumps(spec)],
-                labels={LABEL: "1"}, user=f"{os.getuid()}:{os.getgid()}", entrypoint=[],
+                labels={LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+                user=f"{os.getuid()}:{os.getgid()}", entrypoint=[],
                 host_config=self._api.create_host_config(
                     network_mode="none",
                     binds={str(self._dir): {"bind": HOLDER_DIR, "mode": "ro"}},
