@@ -112,6 +112,8 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("forge-type-unknown", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "forge"], {
         "type": "sourceforge", "api": "https://x", "repo": "a/b", "token_env": "T"})), "cupaas.yaml", "gitops.forge.type"),
     ("ingress-class-type", lambda r: r.edit_yaml("cupaas.yaml", _set(["ingress", "class"], 5)), "cupaas.yaml", "ingress.class"),
+    ("gitops-repo-control-character", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "repo"], "file:///srv/git\x7fops.git")), "cupaas.yaml", "gitops.repo"),
+    ("gitops-repo-with-space", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "repo"], "file:///srv/my gitops.git")), "cupaas.yaml", "gitops.repo"),
     ("mirror-with-password", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "pypi"], "https://u:p@pypi.example/simple/")), "cupaas.yaml", "mirrors.pypi"),
     ("mirror-not-http", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "debian"], "ftp://deb.example/debian")), "cupaas.yaml", "mirrors.debian"),
     ("mirror-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "pypi"], "http://pypi.example/simple/\n")), "cupaas.yaml", "mirrors.pypi"),
