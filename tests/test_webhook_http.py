@@ -106,6 +106,35 @@ def test_replayed_delivery_returns_the_original_jobs_and_queues_nothing(app: Fla
     assert _queued(app) == 1
 
 
+@pytest.mark.parametrize("forge_id", FORGE_IDS)
+def test_replay_with_a_new_delivery_id_is_still_a_replay(app: Flask, client: FlaskClient, forge_id: str) -> None:
+    """The delivery id is not signed: the signed body decides what was delivered before."""
+    forge = BY_ID[forge_id]
+    first = _post(client, forge, raw(forge))
+    replays = [_post(client, forge, raw(forge), delivery=f"forged-{i}") for i in range(5)]
+    assert first.status_code == 202
+    assert [r.status_code for r in replays] == [200] * 5
+    assert all(r.get_json() == {"jobs": first.get_json()["jobs"], "duplicate": True} for r in replays)
+    assert _queued(app) == 1
+
+
+def test_replay_without_a_delivery_header_is_still_a_replay(app: Flask, client: FlaskClient) -> None:
+    forge = BY_ID["github"]
+    first = _post(client, forge, raw(forge))
+    headers = {k: v for k, v in forge.headers(raw(forge)).items() if k != "X-GitHub-Delivery"}
+    again = client.post("/hooks/github", data=raw(forge), headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert _queued(app) == 1
+
+
+def test_a_delivery_id_used_by_another_forge_does_not_drop_a_new_push(app: Flask, client: FlaskClient) -> None:
+    shared = "3f7c2a9e-0000-4000-8000-00000000abcd"
+    github = _post(client, BY_ID["github"], raw(BY_ID["github"]), delivery=shared)
+    gitea = _post(client, BY_ID["gitea"], raw(BY_ID["gitea"]), delivery=shared)
+    assert (github.status_code, gitea.status_code) == (202, 202)
+    assert _queued(app) == 2
+
+
 def test_malformed_json_is_400(app: Flask, client: FlaskClient) -> None:
     assert _post(client, BY_ID["github"], b'{"ref": "refs/heads/main",').status_code == 400
     assert _queued(app) == 0

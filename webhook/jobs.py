@@ -4,7 +4,9 @@
 WAL mode, safe for several threads and several processes on one machine). A Redis/RQ backend implements
 the same protocol and keeps the same rules:
 
-- **Deliveries queue once.** A delivery id seen before returns the job ids it queued the first time.
+- **Deliveries queue once.** A delivery id seen before, or a body seen before (the webhook passes a digest of
+  the signed body: the delivery id is not signed, so a replay may change it), returns the job ids it queued
+  the first time.
 - **Supersede.** Jobs share a *lane* when kind and app are equal. When a job enters the queue, older
   *queued* jobs of its lane become ``superseded`` (``superseded_by`` names the newest). A running job is
   never touched: the newer one waits and runs after it.
@@ -78,8 +80,13 @@ class Job:
 class JobQueue(Protocol):
     """What the webhook and the workers need from a queue backend (rules in the module docstring)."""
 
-    def enqueue_delivery(self, delivery: str | None, requests: Sequence[Request]) -> tuple[list[str], bool]:
-        """Queue one job per (kind, app, commit), durably; False and the first ids for a repeated delivery."""
+    def enqueue_delivery(self, delivery: str | None, requests: Sequence[Request],
+                         also: Sequence[str] = ()) -> tuple[list[str], bool]:
+        """Queue one job per (kind, app, commit), durably; False and the first ids for a repeated delivery.
+
+        A delivery repeats when ``delivery`` or any key of ``also`` (e.g. a digest of the signed body) was
+        seen before; every key given is remembered for the jobs queued now.
+        """
         ...
 
     def claim(self, worker: str) -> Job | None:
@@ -210,7 +217,9 @@ class SqliteJobQueue:
 
     # -- the protocol -------------------------------------------------------------------------------
 
-    def enqueue_delivery(self, delivery: str | None, requests: Sequence[Request]) -> tuple[list[str], bool]:
+    def enqueue_delivery(self, delivery: str | None, requests: Sequence[Request],
+                         also: Sequence[str] = ()) -> tuple[list[str], bool]:
+        keys = [k for k in (delivery, *also) if k is not None]
         for kind, app, _commit in requests:
             if kind not in KINDS:
                 raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -218,8 +227,8 @@ class SqliteJobQueue:
                 raise ValueError("a deploy job needs an app")
         now = time.time()
         with self._transaction() as conn:
-            if delivery is not None:
-                row = conn.execute("SELECT job_ids FROM deliveries WHERE delivery = ?", (delivery,)).fetchone()
+            for key in keys:
+                row = conn.execute("SELECT job_ids FROM deliveries WHERE delivery = ?", (key,)).fetchone()
                 if row is not None:
                     ids: list[str] = json.loads(row[0])
                     return ids, False
@@ -230,8 +239,8 @@ class SqliteJobQueue:
                              "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)", (job_id, kind, app, commit, now, now, delivery))
                 self._supersede(conn, kind, app, now)
                 ids.append(job_id)
-            if delivery is not None:
-                conn.execute("INSERT INTO deliveries VALUES (?, ?, ?)", (delivery, json.dumps(ids), now))
+            for key in keys:
+                conn.execute("INSERT INTO deliveries VALUES (?, ?, ?)", (key, json.dumps(ids), now))
         self.wake()
         return ids, True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -48,8 +49,11 @@ def receive(forge: str) -> Any:
     if not requests:
         count.labels(forge=forge, outcome="ignored").inc()
         return jsonify(ignored=reason or "nothing to deploy"), 200
-    delivery = events[0].delivery
-    ids, new = runtime.queue.enqueue_delivery(delivery, requests)
+    # Delivery ids are the forge's, so they are scoped to it; and they are not covered by the signature,
+    # so the signed body itself is a key too: a replay with a new or no delivery id is still a replay.
+    delivery = f"{forge}:{events[0].delivery}" if events[0].delivery else None
+    signed = f"{forge}:sha256:{hashlib.sha256(body).hexdigest()}"
+    ids, new = runtime.queue.enqueue_delivery(delivery, requests, also=(signed,))
     count.labels(forge=forge, outcome="queued" if new else "duplicate").inc()
     if not new:
         return jsonify(jobs=ids, duplicate=True), 200
