@@ -7,6 +7,7 @@ YAML. Secret values never appear in a message.
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -111,8 +112,27 @@ def schema_errors(raw: Any, schema: str, file: str, secret_fields: tuple[str, ..
     return out
 
 
+MAX_FILE_BYTES = 1_000_000  # a control-repo file or .cupaas is a few KiB; this bounds a hostile one
+MAX_DEPTH = 40  # mappings and lists nested deeper than any cupaas file needs
+
+
+def _check_shape(node: Any, file: str, path: tuple[str, ...] = ()) -> None:
+    """Every mapping key is text and nothing nests past MAX_DEPTH, so later code can sort and walk it."""
+    if len(path) > MAX_DEPTH:
+        raise ValidationError(file, _field(path[:3]) + ".…", f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise ValidationError(file, _field([*path, str(key)]),
+                                      f"keys must be text, not {_type_name(key)}; quote it")
+            _check_shape(value, file, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_shape(value, file, (*path, str(i)))
+
+
 def parse_yaml(text: str, file: str) -> dict[str, Any]:
-    """Parse one YAML document that must be a mapping."""
+    """Parse one YAML document that must be a mapping with text keys."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -120,20 +140,39 @@ def parse_yaml(text: str, file: str) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ValidationError(file, "", f"{where}{problem} (fix the YAML syntax)") from None
+    except RecursionError:
+        raise ValidationError(file, "", f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ValidationError(file, "", f"a value cannot be read: {e}") from None
     if data is None:
         raise ValidationError(file, "", "the file is empty; it must be a YAML mapping")
     if not isinstance(data, dict):
         raise ValidationError(file, "", f"must be a YAML mapping of fields, not {_type_name(data)}")
+    _check_shape(data, file)
     return data
 
 
 def _read(path: Path, file: str) -> str:
+    """The text of a regular file of at most MAX_FILE_BYTES: never a FIFO, a device or a symlink loop."""
     try:
-        return path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise ValidationError(file, "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ELOOP (a symlink loop), a NUL in the path, ...
         raise ValidationError(file, "", f"cannot be read: {e.__class__.__name__}") from None
+    if not stat.S_ISREG(mode):
+        raise ValidationError(file, "", "is not a regular file (a directory, FIFO or device): cupaas reads files only")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ValidationError(file, "", f"cannot be read: {e.__class__.__name__}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ValidationError(file, "", f"is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError(file, "", "is not UTF-8 text") from None
 
 
 def platform_from_raw(raw: dict[str, Any]) -> Platform:
@@ -293,7 +332,7 @@ def load_sealing_cert(root: Path, platform: Platform, platform_file: str) -> Sea
     try:
         base = root.resolve()
         path: Path | None = (root / relative).resolve()
-    except (OSError, RuntimeError):  # a symlink loop
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL in the path
         path = None
     if path is None or not path.is_relative_to(base) or path == base:
         raise ValidationError(platform_file, "sealing.cert",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,17 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("ingress-class-type", lambda r: r.edit_yaml("cupaas.yaml", _set(["ingress", "class"], 5)), "cupaas.yaml", "ingress.class"),
     ("gitops-repo-control-character", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "repo"], "file:///srv/git\x7fops.git")), "cupaas.yaml", "gitops.repo"),
     ("gitops-repo-with-space", lambda r: r.edit_yaml("cupaas.yaml", _set(["gitops", "repo"], "file:///srv/my gitops.git")), "cupaas.yaml", "gitops.repo"),
+    ("yaml-nested-1000-deep", lambda r: r.write("cupaas.yaml", "domain: " + "[" * 1000 + "]" * 1000 + "\n"), "cupaas.yaml", "nested"),
+    ("yaml-mapping-nested-deep", lambda r: r.write("apps/tasks.yaml", "repo: x\nbranch: main\nenv: " + "{a: " * 60 + "b" + "}" * 60 + "\n"), "apps/tasks.yaml", "nested"),
+    ("yaml-integer-5000-digits", lambda r: r.write("apps/tasks.yaml", "repo: x\nbranch: main\nreplicas: " + "9" * 5000 + "\n"), "apps/tasks.yaml", "cannot be read"),
+    ("yaml-mixed-type-keys", lambda r: r.write("cupaas.yaml", "1: x\nfoo: y\n"), "cupaas.yaml", "keys must be text"),
+    ("env-integer-key", lambda r: r.write("apps/tasks.yaml", "repo: x\nbranch: main\nenv: {1: a, B: c}\n"), "apps/tasks.yaml", "env.1: keys must be text"),
+    ("sealing-cert-nul", lambda r: r.edit_yaml("cupaas.yaml", _set(["sealing", "cert"], "a\0b")), "cupaas.yaml", "sealing.cert"),
+    ("platform-fifo", lambda r: ((r.control / "cupaas.yaml").unlink(), os.mkfifo(r.control / "cupaas.yaml")), "cupaas.yaml", "not a regular file"),
+    ("platform-dev-zero", lambda r: ((r.control / "cupaas.yaml").unlink(), (r.control / "cupaas.yaml").symlink_to("/dev/zero")), "cupaas.yaml", "not a regular file"),
+    ("app-symlink-loop", lambda r: (r.control / "apps" / "loop.yaml").symlink_to(r.control / "apps" / "loop.yaml"), "apps/loop.yaml", "cannot be read"),
+    ("platform-too-large", lambda r: r.write("cupaas.yaml", "domain: apps.example.com\n" + "# x\n" * 300_000), "cupaas.yaml", "larger than"),
+    ("platform-not-utf8", lambda r: (r.control / "cupaas.yaml").write_bytes(b"domain: \xff\xfe\n"), "cupaas.yaml", "not UTF-8"),
     ("mirror-with-password", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "pypi"], "https://u:p@pypi.example/simple/")), "cupaas.yaml", "mirrors.pypi"),
     ("mirror-not-http", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "debian"], "ftp://deb.example/debian")), "cupaas.yaml", "mirrors.debian"),
     ("mirror-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "pypi"], "http://pypi.example/simple/\n")), "cupaas.yaml", "mirrors.pypi"),
