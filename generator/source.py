@@ -45,6 +45,9 @@ def normalize(path: str) -> str:
     return clean
 
 
+MAX_READ_BYTES = 5_000_000  # a dependency or config file this large is not one
+
+
 class DirectorySource:
     """A :class:`SourceTree` over a directory, e.g. a checkout or a test fixture."""
 
@@ -58,9 +61,13 @@ class DirectorySource:
             return None
         # resolve() follows symlinks, so a link pointing out of the checkout is treated as absent:
         # an app repo must not make cupaas read the builder's own files.
-        real = (self.root / clean).resolve()
-        if not real.is_relative_to(self.root) or not real.is_file():
-            return None
+        try:
+            real = (self.root / clean).resolve()
+            if not real.is_relative_to(self.root) or not real.is_file():
+                return None
+        except (OSError, RuntimeError):  # RuntimeError: Python 3.11's resolve() on a symlink loop
+            raise UserError(f"{clean}: is a symbolic link loop (or cannot be read); remove it from the app repo"
+                            ) from None
         return real
 
     def read_text(self, path: str) -> str | None:
@@ -68,8 +75,13 @@ class DirectorySource:
         if real is None:
             return None
         # Undecodable bytes are replaced: detection only looks for ASCII patterns, and a stray
-        # binary file must not abort a build plan.
-        return real.read_text(encoding="utf-8", errors="replace")
+        # binary file must not abort a build plan. The size is bounded: an app repo is hostile input.
+        with real.open("rb") as f:
+            data = f.read(MAX_READ_BYTES + 1)
+        if len(data) > MAX_READ_BYTES:
+            raise UserError(f"{normalize(path)}: is larger than {MAX_READ_BYTES} bytes; cupaas reads it to plan the "
+                            "build, so keep it smaller")
+        return data.decode("utf-8", errors="replace")
 
     def exists(self, path: str) -> bool:
         return self._inside(path) is not None
@@ -81,6 +93,9 @@ class DirectorySource:
             base = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
                 relative = name if base == "." else f"{base}/{name}"
-                if self._inside(relative) is not None:
-                    found.append(relative)
+                try:
+                    if self._inside(relative) is not None:
+                        found.append(relative)
+                except UserError:  # a symlink loop nobody asked for: not a file to plan with
+                    continue
         return sorted(found)

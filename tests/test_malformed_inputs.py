@@ -126,6 +126,9 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("app-symlink-loop", lambda r: (r.control / "apps" / "loop.yaml").symlink_to(r.control / "apps" / "loop.yaml"), "apps/loop.yaml", "cannot be read"),
     ("platform-too-large", lambda r: r.write("cupaas.yaml", "domain: apps.example.com\n" + "# x\n" * 300_000), "cupaas.yaml", "larger than"),
     ("platform-not-utf8", lambda r: (r.control / "cupaas.yaml").write_bytes(b"domain: \xff\xfe\n"), "cupaas.yaml", "not UTF-8"),
+    ("dotcupaas-symlink-loop", lambda r: ((r.source / ".cupaas").unlink(), (r.source / ".cupaas").symlink_to(r.source / ".cupaas")), ".cupaas", "symbolic link loop"),
+    ("requirements-symlink-loop", lambda r: ((r.source / "requirements.txt").unlink(), (r.source / "requirements.txt").symlink_to(r.source / "requirements.txt")), "requirements.txt", "symbolic link loop"),
+    ("requirements-too-large", lambda r: r.write("requirements.txt", "flask\ngunicorn\n" + "# padding\n" * 600_000, r.source), "requirements.txt", "larger than"),
     ("mirror-with-password", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "pypi"], "https://u:p@pypi.example/simple/")), "cupaas.yaml", "mirrors.pypi"),
     ("mirror-not-http", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "debian"], "ftp://deb.example/debian")), "cupaas.yaml", "mirrors.debian"),
     ("mirror-trailing-newline", lambda r: r.edit_yaml("cupaas.yaml", _set(["mirrors", "pypi"], "http://pypi.example/simple/\n")), "cupaas.yaml", "mirrors.pypi"),
@@ -465,3 +468,10 @@ def test_render_refuses_a_symlink_in_the_gitops_tree(repo: Repo, link: str, targ
     assert "remove" in result.output
     assert snapshot(outside) == before_outside, "nothing outside the tree may change"
     assert snapshot(repo.out) == before_out, "nothing inside the tree may change either"
+
+
+def test_a_stray_symlink_loop_in_the_app_repo_does_not_stop_the_plan(repo: Repo) -> None:
+    (repo.source / "docs").mkdir()
+    (repo.source / "docs" / "loop.md").symlink_to(repo.source / "docs" / "loop.md")
+    code, output = _render(repo)
+    assert code == 0, output
