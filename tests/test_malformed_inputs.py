@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,3 +477,15 @@ def test_a_stray_symlink_loop_in_the_app_repo_does_not_stop_the_plan(repo: Repo)
     (repo.source / "docs" / "loop.md").symlink_to(repo.source / "docs" / "loop.md")
     code, output = _render(repo)
     assert code == 0, output
+
+
+@pytest.mark.parametrize(("stdin", "named"), [
+    (b"\xff\xfe not text", "is not UTF-8 text"),
+    (b"x" * (600 * 1024), "is larger than"),
+], ids=["not-utf8", "too-large"])
+def test_seal_refuses_standard_input_it_cannot_seal(repo: Repo, stdin: bytes, named: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "webhook.cli", "seal", str(repo.control), "tasks", "API_TOKEN"],
+                          input=stdin, capture_output=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert named.encode() in done.stderr and b"Traceback" not in done.stderr
+    assert done.stdout == b""
