@@ -122,7 +122,7 @@ def read_release(root: Path, app: str, environment: str) -> Release | None:
     shown = str(root / rel)
     try:
         raw = yaml.safe_load(data.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError):
         raise ValidationError(shown, "", "is not valid YAML; re-deploy the app to rewrite it") from None
     return release_from_record(raw, shown, app)
 
@@ -143,10 +143,11 @@ def read_sealed(root: Path, layout: AppLayout) -> dict[str, dict[str, str]]:
         try:
             obj = read_yaml(data.decode("utf-8"))
             meta, encrypted = obj["metadata"], obj["spec"]["encryptedData"]
-        except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, RecursionError, ValueError):
             continue  # unreadable: it is regenerated, which is what a person would do by hand
-        if meta.get("namespace") == layout.namespace and isinstance(encrypted, dict):
-            found[str(meta["name"])] = {str(k): str(v) for k, v in encrypted.items()}
+        if (isinstance(meta, dict) and isinstance(meta.get("name"), str) and isinstance(encrypted, dict)
+                and meta.get("namespace") == layout.namespace):
+            found[meta["name"]] = {str(k): str(v) for k, v in encrypted.items()}
     return found
 
 

@@ -286,3 +286,25 @@ def test_reconcile_refuses_an_unregistered_symlinked_app(world: dict[str, Path],
     assert str(error.value.cause).startswith("apps/ghost: is a symbolic link"), error.value
     assert snapshot(outside) == before
     assert git("rev-parse", "main", cwd=world["gitops"]) == head
+
+
+@pytest.mark.parametrize("text", [
+    b"kind: SealedSecret\nmetadata: x\nspec: {encryptedData: {PASSWORD: AgBy}}\n",
+    b"kind: SealedSecret\nmetadata: {namespace: tasks-production}\nspec: {encryptedData: {PASSWORD: AgBy}}\n",
+    b"kind: SealedSecret\nmetadata: {name: [a], namespace: tasks-production}\nspec: {encryptedData: {A: B}}\n",
+    b"\xff\xfe not UTF-8\n",
+    b"metadata: " + b"[" * 2000 + b"]" * 2000 + b"\n",
+], ids=["metadata-not-a-mapping", "no-name", "name-not-text", "not-utf8", "nested-2000-deep"])
+def test_read_sealed_skips_a_sealed_secret_it_cannot_read(tree: Path, text: bytes) -> None:
+    layout = AppLayout("tasks", "production")
+    (tree / layout.overlay).mkdir(parents=True, exist_ok=True)
+    (tree / layout.overlay / "broken.sealedsecret.yaml").write_bytes(text)
+    assert "broken" not in str(read_sealed(tree, layout))
+
+
+def test_a_release_record_that_is_not_utf8_names_the_file(tree: Path) -> None:
+    layout = AppLayout("tasks", "production")
+    (tree / layout.release).parent.mkdir(parents=True, exist_ok=True)
+    (tree / layout.release).write_bytes(b"commit: \xff\xfe\n")
+    with pytest.raises(UserError, match="release.yaml: is not valid YAML"):
+        read_release(tree, "tasks", "production")
