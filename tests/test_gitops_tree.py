@@ -306,5 +306,5 @@ def test_a_release_record_that_is_not_utf8_names_the_file(tree: Path) -> None:
     layout = AppLayout("tasks", "production")
     (tree / layout.release).parent.mkdir(parents=True, exist_ok=True)
     (tree / layout.release).write_bytes(b"commit: \xff\xfe\n")
-    with pytest.raises(UserError, match="release.yaml: is not valid YAML"):
+    with pytest.raises(UserError, match=r"release\.yaml: is not valid YAML"):
         read_release(tree, "tasks", "production")
