@@ -372,12 +372,26 @@ class _Dependencies:
     looked_for: tuple[str, ...]
 
 
+def _read_dependencies(reader: str, source: SourceTree, path: str) -> DependencySet | None:
+    """Run one reader on an app's file; a file of the wrong shape is the app's error, never a traceback.
+
+    The readers check the fields they rely on; this catches a shape none of them foresaw (a list where
+    a table goes, a number where a string goes) in a file an app repo controls.
+    """
+    try:
+        return READERS[reader](source, path)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError, RecursionError) as e:
+        what = f"{e.__class__.__name__}: {e}" if not isinstance(e, KeyError) else f"missing field {e}"
+        raise ValidationError(path, "", f"is not a {reader} file cupaas can read ({what}); check its structure"
+                              ) from None
+
+
 def _dependencies(run: _Run) -> _Dependencies:
     """The first dependency file of the spec's list that is present and declares dependencies."""
     entries = run.plugin.spec["dependencies"]
     for index, entry in enumerate(entries):
         path = entry["file"]
-        found = READERS[entry["reader"]](run.source, path) if run.source.exists(path) else None
+        found = _read_dependencies(entry["reader"], run.source, path) if run.source.exists(path) else None
         if found is None:
             continue
         # Package lines come from the app's files and land in a RUN line: a control character (a
