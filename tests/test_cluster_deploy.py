@@ -13,15 +13,16 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import git, make_app_repo
+from test_cluster_up import wait_for
 from webhook_support import cupaas_command
 
 from generator.deploy import Deployer, reconcile
@@ -36,20 +37,6 @@ NAMESPACE = f"{APP}-{ENV}"
 ARGOCD = "argocd"
 SECRET_VALUE = "s3cret-from-cupaas-seal"
 SYNC_TIMEOUT = 240.0
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = SYNC_TIMEOUT, every: float = 1.0) -> T:
-    """Poll ``check`` until it returns something other than None/False; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not reached within {timeout:.0f}s (last seen: {last!r})")
 
 
 @dataclass
@@ -190,7 +177,7 @@ def test_first_deploy_creates_the_application_and_it_reaches_synced_and_healthy(
     committed = time.monotonic()
     try:
         wait_for(f"Application {NAMESPACE} Synced and Healthy at {result.gitops_commit[:12]}",
-                 lambda: synced_and_healthy_at(cluster, result.gitops_commit))
+                 lambda: synced_and_healthy_at(cluster, result.gitops_commit), SYNC_TIMEOUT, 1.0)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{describe(cluster)}") from None
     took = time.monotonic() - committed
@@ -245,11 +232,11 @@ def test_code_only_redeploy_puts_exactly_the_new_digest_in_the_api_server(cluste
         got = deployment_image(cluster)
         return got if got and result.image.digest in got else None
 
-    image = wait_for("the Deployment at the new digest", at_new_digest)
+    image = wait_for("the Deployment at the new digest", at_new_digest, SYNC_TIMEOUT, 1.0)
     assert image.endswith(f"@{result.image.digest}")
     assert image.startswith(result.image.repository)
     wait_for(f"Application {NAMESPACE} Synced and Healthy again",
-             lambda: synced_and_healthy_at(cluster, result.gitops_commit))
+             lambda: synced_and_healthy_at(cluster, result.gitops_commit), SYNC_TIMEOUT, 1.0)
 
 
 def test_removing_the_app_deletes_its_application_and_keeps_the_mongodb_volume(
@@ -257,13 +244,13 @@ def test_removing_the_app_deletes_its_application_and_keeps_the_mongodb_volume(
 ) -> None:
     claims = wait_for("the MongoDB volume claim bound", lambda: [
         c for c in yaml.safe_load(cluster.kubectl("get", "pvc", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-        if c["status"].get("phase") == "Bound"])
+        if c["status"].get("phase") == "Bound"], SYNC_TIMEOUT, 1.0)
     names = sorted(c["metadata"]["name"] for c in claims)
     (world.control / "apps" / f"{APP}.yaml").unlink()
 
     result = reconcile(world.deployer, f"remove {APP}")
 
     assert result.removed == (APP,) and result.gitops_commit
-    wait_for(f"Application {NAMESPACE} deleted", lambda: application(cluster) is None or None)
+    wait_for(f"Application {NAMESPACE} deleted", lambda: application(cluster) is None or None, SYNC_TIMEOUT, 1.0)
     kept = yaml.safe_load(cluster.kubectl("get", "pvc", "-n", NAMESPACE, "-o", "json").stdout)["items"]
     assert sorted(c["metadata"]["name"] for c in kept) == names

@@ -40,7 +40,7 @@ def setting(name: str) -> str:
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Polls `probe` until it returns something other than None; fails after `timeout` seconds."""
+    """Polls `probe` until it returns something truthy (a 404 counts as not yet); fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
@@ -50,8 +50,9 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
             if e.status != 404:
                 raise
             result, last = None, f"404 {e.reason}"
-        if result is not None:
+        if result:
             return result
+        last = result if result is not None else last
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout:.0f}s (last seen: {last})", pytrace=False)
         time.sleep(interval)

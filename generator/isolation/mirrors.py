@@ -76,9 +76,7 @@ def endpoints_of(mirrors: Mirrors) -> tuple[Endpoint, ...]:
     for setting, url in settings:
         if not url:
             continue
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host, port = _host_port(url)
         if (host, port) in seen:
             continue
         seen.add((host, port))
@@ -91,10 +89,15 @@ def endpoints_of(mirrors: Mirrors) -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
-def endpoint_for(endpoints: tuple[Endpoint, ...], url: str) -> Endpoint:
+def _host_port(url: str) -> tuple[str, int]:
+    """The origin cupaas connects to for ``url``: its host, and its port or the scheme's."""
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return next(e for e in endpoints if (e.host, e.port) == (parts.hostname, port))
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def endpoint_for(endpoints: tuple[Endpoint, ...], url: str) -> Endpoint:
+    origin = _host_port(url)
+    return next(e for e in endpoints if (e.host, e.port) == origin)
 
 
 def build_network(mirrors: Mirrors, helper_image: str | None) -> BuildNetwork:
