@@ -26,8 +26,9 @@ DEV_ENV_HINT = (
 )
 CLUSTER_HINT = (
     "These tests need the local cluster: run them with scripts/test, or start it with `scripts/cluster up` "
-    "and export CUPAAS_TEST_KUBECONFIG, CUPAAS_TEST_SEALING_CERT and CUPAAS_TEST_CLUSTER_KUBECTL from its "
-    "output (kubeconfig=..., sealing_cert=..., kubectl=...)."
+    "and export CUPAAS_TEST_KUBECONFIG, CUPAAS_TEST_SEALING_CERT, CUPAAS_TEST_CLUSTER_KUBECTL, CUPAAS_TEST_INGRESS, "
+    "CUPAAS_TEST_INGRESS_CLASS and CUPAAS_TEST_MONGODB_IMAGE from its output (kubeconfig=..., sealing_cert=..., "
+    "kubectl=..., ingress=..., ingress_class=..., mongodb_image=...)."
 )
 
 

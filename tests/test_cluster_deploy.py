@@ -1,7 +1,7 @@
 """cupaas on a real control plane: `cupaas init`, `kubectl apply -k argocd/`, `cupaas deploy`, Argo CD syncs.
 
 The steps are the ones docs/install.md gives a new user, on the cluster of `scripts/cluster up` (a real API
-server, Argo CD and sealed-secrets controller; kwok stands in for the node): the GitOps repo is a bare
+server, a node with containerd and a kubelet, Traefik, Argo CD and sealed-secrets controller): the GitOps repo is a bare
 repo on this machine that Argo CD reads over file://, the sealing certificate is the running controller's.
 The tests run in file order and share one deployed app (module fixture); the last one removes it.
 """
@@ -81,6 +81,14 @@ def remove_app(cluster: Cluster) -> None:
                             "-p", '[{"op": "remove", "path": "/spec/claimRef"}]')
 
 
+def use_cluster_mongodb_image(control: Path) -> None:
+    """The platform setting a cluster without the official mongo image uses: the node's FerretDB image."""
+    settings = control / "cupaas.yaml"
+    platform = yaml.safe_load(settings.read_text())
+    platform.setdefault("addons", {})["mongodb"] = {"image": infra_setting("CUPAAS_TEST_MONGODB_IMAGE", CLUSTER_HINT)}
+    settings.write_text(yaml.safe_dump(platform, sort_keys=False))
+
+
 @dataclass
 class World:
     root: Path
@@ -118,7 +126,9 @@ def world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, registry: 
     # 1. cupaas init, with the running controller's certificate; the repos go to their "forge".
     run_cupaas("init", str(control), str(gitops), "--domain", "apps.cupaas.test", "--registry", registry,
                "--gitops-repo", gitops_bare.as_uri(), "--sealing-cert", str(cluster.sealing_cert),
-               "--pypi-mirror", pypi_mirror)
+               "--pypi-mirror", pypi_mirror,
+               "--ingress-class", infra_setting("CUPAAS_TEST_INGRESS_CLASS", CLUSTER_HINT))
+    use_cluster_mongodb_image(control)
     as_bare(gitops, gitops_bare)
     # 2. The app: the tasks sample, registered with a plain env value and a sealed secret.
     app = make_app_repo(root, APP)

@@ -1,17 +1,24 @@
-"""The local cluster of scripts/cluster: the API server, sealed-secrets, Argo CD, the kwok node, storage.
+"""The local cluster of scripts/cluster: the API server, a real node (containerd, kubelet, kube-proxy,
+CoreDNS), the Traefik ingress controller, sealed-secrets, Argo CD, storage.
 
 The tests expect the cluster to be up already; scripts/test exports, from the output of
-`scripts/cluster up`, CUPAAS_TEST_KUBECONFIG (its `kubeconfig=` line) and CUPAAS_TEST_SEALING_CERT
-(its `sealing_cert=` line). Each test works in a namespace of its own and removes it afterwards.
+`scripts/cluster up`, CUPAAS_TEST_KUBECONFIG (its `kubeconfig=` line), CUPAAS_TEST_SEALING_CERT,
+CUPAAS_TEST_INGRESS and CUPAAS_TEST_INGRESS_CLASS, and from `scripts/dev-env up` the registry's Python base
+image, which the node pulls by its loopback name (127.0.0.1:5000/...). Each test works in a namespace of
+its own and removes it afterwards.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
+import ipaddress
+import json
 import os
 import pathlib
 import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -29,14 +36,20 @@ pytestmark = pytest.mark.cluster
 KUBERNETES_VERSION = "v1.34.2"  # cluster/go.mod
 ARGOCD_NAMESPACE = "argocd"
 IN_CLUSTER = "https://kubernetes.default.svc"
-# kwok never pulls it: the name only has to be valid (.invalid is a reserved top-level domain).
-IMAGE = "registry.invalid/cupaas/never-pulled:1"
+POD_CIDR = ipaddress.ip_network("10.214.0.0/16")  # scripts/cluster
+# A documentation-only address (RFC 5737): no machine has it, and the node has no route to it anyway.
+OFF_THE_MACHINE = "203.0.113.7"
 
 T = TypeVar("T")
 
 
 def setting(name: str) -> str:
     return infra_setting(name, CLUSTER_HINT)
+
+
+def image() -> str:
+    """A real image in the local registry: the Python base image, named as cupaas renders images."""
+    return infra_setting("CUPAAS_TEST_PYTHON_BASE_IMAGE")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
@@ -58,6 +71,24 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         time.sleep(interval)
 
 
+def ingress_get(host: str, path: str = "/", timeout: float = 10) -> tuple[int, bytes]:
+    """GET through the ingress controller's entry point with a Host header, as a browser at that name would."""
+    entry = urllib.parse.urlsplit(setting("CUPAAS_TEST_INGRESS"))
+    conn = http.client.HTTPConnection(entry.hostname or "127.0.0.1", entry.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def kubectl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([os.environ.get("CUPAAS_TEST_CLUSTER_KUBECTL", "kubectl"), "--kubeconfig",
+                           setting("CUPAAS_TEST_KUBECONFIG"), *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[client.ApiClient]:
     kubeconfig = setting("CUPAAS_TEST_KUBECONFIG")
@@ -74,8 +105,19 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     core.delete_namespace(name)
 
 
-def deployment(name: str, namespace: str, replicas: int = 1) -> dict[str, Any]:
+# Serves one page naming the pod and its MARKER, with a readiness probe on it.
+WEB_COMMAND = ['/bin/sh', '-c',
+               'mkdir -p /tmp/www && printf "%s %s" "$MARKER" "$HOSTNAME" >/tmp/www/index.html && '
+               'exec python3 -m http.server 8000 --directory /tmp/www']
+
+
+def deployment(name: str, namespace: str, replicas: int = 1, marker: str = "") -> dict[str, Any]:
     labels = {"app": name}
+    container = {
+        "name": "web", "image": image(), "command": WEB_COMMAND, "env": [{"name": "MARKER", "value": marker}],
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -83,12 +125,14 @@ def deployment(name: str, namespace: str, replicas: int = 1) -> dict[str, Any]:
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "web", "image": IMAGE, "ports": [{"containerPort": 8000}]}]},
-            },
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
         },
     }
+
+
+def service(name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
 
 def condition(obj: Any, kind: str) -> str | None:
@@ -98,37 +142,118 @@ def condition(obj: Any, kind: str) -> str | None:
     return None
 
 
+def available(apps: client.AppsV1Api, name: str, namespace: str, replicas: int) -> Any:
+    return wait_for(
+        f"Deployment {name} Available with {replicas} ready replicas",
+        lambda: (
+            d
+            if condition(d := apps.read_namespaced_deployment_status(name, namespace), "Available") == "True"
+            and d.status.ready_replicas == replicas
+            else None
+        ),
+        timeout=120,
+    )
+
+
 def test_api_server_answers_with_its_version(api: client.ApiClient) -> None:
     info = client.VersionApi(api).get_code()
 
     assert info.git_version == KUBERNETES_VERSION
 
 
-def test_deployment_becomes_available_on_the_kwok_node(api: client.ApiClient, namespace: str) -> None:
+def test_the_node_is_a_real_kubelet_on_containerd(api: client.ApiClient) -> None:
+    nodes = client.CoreV1Api(api).list_node().items
+
+    assert len(nodes) == 1
+    node = nodes[0]
+    assert condition(node, "Ready") == "True"
+    assert node.status.node_info.kubelet_version == KUBERNETES_VERSION
+    assert node.status.node_info.container_runtime_version.startswith("containerd://")
+    assert not (node.metadata.annotations or {}).get("kwok.x-k8s.io/node")
+
+
+def test_deployment_pods_run_on_the_node_with_pod_addresses(api: client.ApiClient, namespace: str) -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    kwok_nodes = {n.metadata.name for n in core.list_node(label_selector="type=kwok").items}
 
     apps.create_namespaced_deployment(namespace, deployment("web", namespace, replicas=2))
-    available = wait_for(
-        "Deployment web Available with 2 ready replicas",
-        lambda: (
-            d
-            if condition(d := apps.read_namespaced_deployment_status("web", namespace), "Available") == "True"
-            and d.status.ready_replicas == 2
-            else None
-        ),
-        timeout=90,
-    )
+    ready = available(apps, "web", namespace, 2)
 
-    assert available.status.available_replicas == 2
+    assert ready.status.available_replicas == 2
     pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
-    assert {p.spec.node_name for p in pods} <= kwok_nodes
-    assert kwok_nodes, "no node labelled type=kwok"
+    assert len(pods) == 2
+    for pod in pods:
+        assert ipaddress.ip_address(pod.status.pod_ip) in POD_CIDR
+        (state,) = [s.state for s in pod.status.container_statuses]
+        assert state.running is not None, f"{pod.metadata.name}: {state}"
+        assert pod.status.container_statuses[0].image_id.startswith(image().rsplit(":", 1)[0] + "@sha256:")
+
+
+def test_ingress_routes_the_host_to_its_pods(api: client.ApiClient, namespace: str) -> None:
+    apps, core, net = client.AppsV1Api(api), client.CoreV1Api(api), client.NetworkingV1Api(api)
+    marker, host = uuid.uuid4().hex, f"web.{namespace}.cupaas.test"
+    apps.create_namespaced_deployment(namespace, deployment("web", namespace, marker=marker))
+    core.create_namespaced_service(namespace, service("web", namespace))
+    net.create_namespaced_ingress(namespace, {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"ingressClassName": setting("CUPAAS_TEST_INGRESS_CLASS"), "rules": [{"host": host, "http": {"paths": [
+            {"path": "/", "pathType": "Prefix",
+             "backend": {"service": {"name": "web", "port": {"name": "http"}}}}]}}]}})
+    available(apps, "web", namespace, 1)
+
+    def answered() -> tuple[int, bytes] | None:
+        try:
+            got = ingress_get(host)
+        except OSError:
+            return None
+        return got if got[0] == 200 else None
+
+    _, body = wait_for(f"GET / with Host {host} answered 200", answered, timeout=60)
+
+    (pod,) = core.list_namespaced_pod(namespace, label_selector="app=web").items
+    assert body.decode() == f"{marker} {pod.metadata.name}"
+    assert ingress_get(f"nothing.{namespace}.cupaas.test")[0] == 404
+    # Traefik says where it serves the Ingress: what Argo CD's health check of an Ingress waits for.
+    lb = wait_for("Ingress status.loadBalancer", lambda: net.read_namespaced_ingress("web", namespace).status
+                  .load_balancer.ingress, timeout=30)
+    assert [i.ip for i in lb] == ["127.0.0.1"]
+
+
+def test_pods_resolve_cluster_names_and_reach_nothing_off_the_machine(api: client.ApiClient, namespace: str) -> None:
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    apps.create_namespaced_deployment(namespace, deployment("web", namespace, marker="dns"))
+    core.create_namespaced_service(namespace, service("web", namespace))
+    available(apps, "web", namespace, 1)
+    probe = f"""
+import json, socket, urllib.request
+out = {{"cluster_ip": socket.gethostbyname("web.{namespace}.svc.cluster.local"),
+        "short_name": urllib.request.urlopen("http://web/", timeout=5).read().decode()}}
+try:
+    socket.create_connection(("{OFF_THE_MACHINE}", 80), timeout=5)
+    out["off_machine"] = "connected"
+except OSError as e:
+    out["off_machine"] = e.errno
+try:
+    socket.getaddrinfo("pypi.org", 443)
+    out["public_name"] = "resolved"
+except OSError as e:
+    out["public_name"] = "unresolved"
+print(json.dumps(out))
+"""
+
+    done = kubectl("-n", namespace, "exec", "deploy/web", "--", "python3", "-c", probe)
+
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["cluster_ip"] == core.read_namespaced_service("web", namespace).spec.cluster_ip
+    assert out["short_name"].startswith("dns ")
+    assert out["off_machine"] in (101, 113), out  # ENETUNREACH / EHOSTUNREACH: no route off the node
+    assert out["public_name"] == "unresolved"
 
 
 def test_statefulset_claim_binds_to_a_retained_local_volume(api: client.ApiClient, namespace: str) -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     labels = {"app": "db"}
+    proof = uuid.uuid4().hex
     apps.create_namespaced_stateful_set(
         namespace,
         {
@@ -143,8 +268,12 @@ def test_statefulset_claim_binds_to_a_retained_local_volume(api: client.ApiClien
                     "metadata": {"labels": labels},
                     "spec": {
                         "containers": [
-                            {"name": "db", "image": IMAGE, "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
-                        ]
+                            {"name": "db", "image": image(),
+                             "command": ["/bin/sh", "-c", f"echo {proof} >/data/proof && exec sleep 3600"],
+                             "readinessProbe": {"exec": {"command": ["cat", "/data/proof"]}, "periodSeconds": 1},
+                             "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+                        ],
+                        "terminationGracePeriodSeconds": 1,
                     },
                 },
                 # No storageClassName: the cluster's default class must apply.
@@ -166,7 +295,7 @@ def test_statefulset_claim_binds_to_a_retained_local_volume(api: client.ApiClien
                 if (s := apps.read_namespaced_stateful_set_status("db", namespace)).status.ready_replicas == 1
                 else None
             ),
-            timeout=90,
+            timeout=120,
         )
         claim = core.read_namespaced_persistent_volume_claim("data-db-0", namespace)
         volume_name = claim.spec.volume_name
@@ -175,8 +304,10 @@ def test_statefulset_claim_binds_to_a_retained_local_volume(api: client.ApiClien
         assert claim.status.phase == "Bound"
         assert volume.spec.persistent_volume_reclaim_policy == "Retain"
         assert volume.spec.storage_class_name == claim.spec.storage_class_name
+        # What the pod wrote is on the volume's directory of the host.
+        assert (pathlib.Path(volume.spec.host_path.path) / "proof").read_text().strip() == proof
     finally:
-        # A Retain volume stays Released (unusable) once its claim goes: hand it back to the pool.
+        # A Retain volume stays Released (unusable) once its claim goes: hand it back to the pool, empty.
         apps.delete_namespaced_stateful_set("db", namespace)
         core.delete_namespaced_persistent_volume_claim("data-db-0", namespace)
         if volume_name:
@@ -185,6 +316,8 @@ def test_statefulset_claim_binds_to_a_retained_local_volume(api: client.ApiClien
                 lambda: True if core.read_persistent_volume(volume_name).status.phase == "Released" else None,
                 timeout=60,
             )
+            (pathlib.Path(core.read_persistent_volume(volume_name).spec.host_path.path) / "proof").unlink(
+                missing_ok=True)
             core.patch_persistent_volume(volume_name, [{"op": "remove", "path": "/spec/claimRef"}])
 
 
