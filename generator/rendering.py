@@ -118,6 +118,9 @@ def render_app(inputs: AppInputs, sealer: Sealer | None, new_secret: Callable[[i
     return dict(sorted(files.items()))
 
 
+PRE_STOP_SECONDS = 5
+
+
 def _base(inputs: AppInputs, layout: AppLayout) -> Files:
     release, config = inputs.release, inputs.release.config
     container: dict[str, Any] = {"name": "web", "image": layout.app}
@@ -140,6 +143,10 @@ def _base(inputs: AppInputs, layout: AppLayout) -> Files:
     container["livenessProbe"] = {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3}
     container["resources"] = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
     container["securityContext"] = {"allowPrivilegeEscalation": False}
+    # A terminating pod leaves the Service's endpoints at the moment it gets SIGTERM, but the ingress
+    # controller learns that a moment later and keeps sending it requests: serve on for a few seconds
+    # (the kubelet's own sleep, so the image needs no `sleep` binary; Kubernetes 1.30+).
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}}
     pod_spec: dict[str, Any] = {
         "serviceAccountName": layout.service_account,
         "automountServiceAccountToken": False,
