@@ -1,0 +1,326 @@
+"""git push → the app answers at its Ingress URL, all of it real, on the cluster of `scripts/cluster up`.
+
+A push to an app repo runs its post-receive hook, which posts a signed push event to `cupaas serve`; the
+job builds the commit into an image (isolated, on the PyPI mirror), pushes it to the local registry and
+commits the render to the GitOps repo; Argo CD syncs it; the kubelet on containerd pulls the image by the
+reference cupaas rendered (127.0.0.1:5000/...) and runs the pods; Traefik routes `Host: <app>.<domain>`
+from its entry point on 127.0.0.1 to them. The MongoDB add-on runs the node's FerretDB image, set through
+the platform's add-on image setting.
+
+Two apps share one service and one GitOps repo: `echo` (tests/apps/echo-app: it answers its release, a
+ConfigMap value and a sealed value) and `tasks` (the sample, with its MongoDB). The tests of one app run in
+file order on one deployed app (module fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import CLUSTER_HINT, infra_setting
+from deploy_support import AppRepo, make_app_repo
+from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, run_cupaas, use_cluster_mongodb_image
+from test_cluster_up import ingress_get, wait_for
+from webhook_support import ServedCupaas, commit_and_push, cupaas_command, served, write_secret
+
+from generator.init import EXAMPLE_APP
+from webhook.git_hook import install_post_receive
+
+pytestmark = [pytest.mark.cluster, pytest.mark.docker]
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO_APP = ROOT / "tests" / "apps" / "echo-app"
+DOMAIN = "apps.e2e.cupaas.test"
+GREETING = "hello from the ConfigMap"
+TOKEN = "sealed-plaintext-4b1d"
+ROLLOUT_TIMEOUT = 300.0
+JOB_TIMEOUT = 600.0
+
+
+@dataclass
+class Loop:
+    """A client requesting the app's URL over and over, as a user's browser would during a deploy."""
+
+    host: str
+    answers: Counter[str] = field(default_factory=Counter)
+    releases: list[tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status, body = ingress_get(self.host, timeout=10)
+            except OSError as e:
+                self.answers[f"error {type(e).__name__}"] += 1
+                continue
+            self.answers[str(status)] += 1
+            if status == 200:
+                self.releases.append((time.monotonic(), json.loads(body)["release"]))
+            time.sleep(0.05)
+
+    def __enter__(self) -> Loop:
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.thread is not None
+        self.thread.join(30)
+
+    def first_time_of(self, release: str) -> float | None:
+        return next((t for t, r in self.releases if r == release), None)
+
+
+@dataclass
+class World:
+    cluster: Cluster
+    service: ServedCupaas
+    apps: dict[str, AppRepo]
+
+    def push(self, app: str, message: str, files: dict[str, str]) -> tuple[str, dict[str, Any], float]:
+        """Commit and push; wait for the deploy job. Returns (commit, job, when the push started)."""
+        started = time.monotonic()
+        sha, answer = commit_and_push(self.apps[app], message, files)
+        assert [status for status, _ in answer.answers] == [202], answer.output
+        [job_id] = answer.job_ids
+        job = self.service.wait_job(job_id, timeout=JOB_TIMEOUT)
+        assert job["state"] == "succeeded", job["log"]
+        assert job["commit"] == sha
+        return sha, job, started
+
+    def application(self, app: str) -> dict[str, Any] | None:
+        return self.cluster.get("application", f"{app}-{ENV}", ARGOCD)
+
+    def wait_live(self, app: str, gitops_commit: str) -> dict[str, Any]:
+        """Argo CD synced that GitOps commit and counts the app Healthy (pods Ready, Ingress served)."""
+        def live() -> dict[str, Any] | None:
+            found = self.application(app)
+            status = (found or {}).get("status", {})
+            if (status.get("sync", {}).get("revision") == gitops_commit
+                    and status.get("sync", {}).get("status") == "Synced"
+                    and status.get("health", {}).get("status") == "Healthy"):
+                return found
+            return None
+
+        try:
+            return wait_for(f"{app} Synced and Healthy at {gitops_commit[:12]}", live, ROLLOUT_TIMEOUT, 1.0)
+        except BaseException:
+            print(self.describe(app))
+            raise
+
+    def describe(self, app: str) -> str:
+        namespace = f"{app}-{ENV}"
+        found = self.application(app) or {}
+        pods = self.cluster.kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False).stdout
+        events = self.cluster.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp",
+                                      check=False).stdout[-3000:]
+        return f"Application status: {json.dumps(found.get('status', {}))[:3000]}\npods:\n{pods}\nevents:\n{events}"
+
+    def pods(self, app: str, selector: str) -> list[dict[str, Any]]:
+        listed = self.cluster.kubectl("-n", f"{app}-{ENV}", "get", "pods", "-l", selector, "-o", "json")
+        items: list[dict[str, Any]] = yaml.safe_load(listed.stdout)["items"]
+        return items
+
+
+def remove_apps(cluster: Cluster, apps: list[str]) -> None:
+    """No app of an earlier run: the root Application first (its ApplicationSet would make the apps' again)."""
+    cluster.kubectl("-n", ARGOCD, "delete", "application", "cupaas-root", "--ignore-not-found", "--wait=true")
+    cluster.kubectl("-n", ARGOCD, "delete", "applicationset", "--all", "--wait=true")
+    for app in apps:
+        namespace = f"{app}-{ENV}"
+        cluster.kubectl("-n", ARGOCD, "delete", "application", namespace, "--ignore-not-found", "--wait=true")
+        cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", "--timeout=120s")
+    listed = yaml.safe_load(cluster.kubectl("get", "pv", "-o", "json").stdout)
+    for pv in listed["items"]:
+        if pv["status"].get("phase") == "Released":
+            for leftover in Path(pv["spec"]["hostPath"]["path"]).glob("*"):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            cluster.kubectl("patch", "pv", pv["metadata"]["name"], "--type=json",
+                            "-p", '[{"op": "remove", "path": "/spec/claimRef"}]')
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: str) -> Iterator[World]:
+    cluster = Cluster(Path(infra_setting("CUPAAS_TEST_KUBECONFIG", CLUSTER_HINT)),
+                      Path(infra_setting("CUPAAS_TEST_SEALING_CERT", CLUSTER_HINT)))
+    remove_apps(cluster, ["echo", "tasks"])
+    root = tmp_path_factory.mktemp("e2e")
+    control, gitops, gitops_bare = root / "control", root / "gitops", root / "gitops.git"
+    run_cupaas("init", str(control), str(gitops), "--domain", DOMAIN, "--registry", registry,
+               "--gitops-repo", gitops_bare.as_uri(), "--sealing-cert", str(cluster.sealing_cert),
+               "--pypi-mirror", pypi_mirror,
+               "--ingress-class", infra_setting("CUPAAS_TEST_INGRESS_CLASS", CLUSTER_HINT))
+    use_cluster_mongodb_image(control)
+    as_bare(gitops, gitops_bare)
+    (control / "apps" / f"{EXAMPLE_APP}.yaml").unlink()
+    apps = {"echo": make_app_repo(root, "echo", ECHO_APP), "tasks": make_app_repo(root, "tasks")}
+    sealed = subprocess.run([*cupaas_command(), "seal", str(control), "echo", "API_TOKEN"], input=TOKEN,
+                            capture_output=True, text=True, timeout=60)
+    assert sealed.returncode == 0, sealed.stderr
+    (control / "apps" / "echo.yaml").write_text(yaml.safe_dump({
+        "repo": apps["echo"].url, "branch": "main", "env": {"GREETING": GREETING},
+        "secrets": {"API_TOKEN": sealed.stdout.strip()}}, sort_keys=False))
+    (control / "apps" / "tasks.yaml").write_text(yaml.safe_dump({"repo": apps["tasks"].url, "branch": "main"}))
+    run_cupaas("validate", str(control))
+    bootstrap = root / "argocd"
+    shutil.copytree(ROOT / "argocd", bootstrap)
+    params = yaml.safe_load((bootstrap / "params.yaml").read_text())
+    params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
+    (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
+    cluster.kubectl("apply", "-k", str(bootstrap))
+    secret_file = write_secret(root)
+    with served(control, root / "state", workers=2) as service:
+        for app in apps.values():
+            install_post_receive(app.bare, service.hook_url("github"), "github", secret_file)
+        yield World(cluster, service, apps)
+        problems = service.problems()
+    remove_apps(cluster, ["echo", "tasks"])
+    assert problems == []
+
+
+def echo_answer(world: World) -> dict[str, Any]:
+    status, body = ingress_get(f"echo.{DOMAIN}")
+    assert status == 200, body
+    answer: dict[str, Any] = json.loads(body)
+    return answer
+
+
+def test_push_is_answered_through_the_ingress_by_the_pods_argo_cd_rolled_out(world: World) -> None:
+    _, job, _ = world.push("echo", "Release 1", {"app.py": (ECHO_APP / "app.py").read_text()})
+    world.wait_live("echo", job["gitops_commit"])
+
+    answer = wait_for("echo answering through the ingress", lambda: _answer_or_none(world), 60)
+
+    assert answer["release"] == "1"
+    assert answer["greeting"] == GREETING  # the ConfigMap of apps/echo.yaml env
+    assert answer["api_token"] == TOKEN  # sealed by `cupaas seal`, unsealed by the controller
+    [pod] = world.pods("echo", "app.kubernetes.io/name=echo")
+    assert answer["hostname"] == pod["metadata"]["name"]
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(job["image"].split("@")[1])
+
+
+def _answer_or_none(world: World) -> dict[str, Any] | None:
+    try:
+        status, body = ingress_get(f"echo.{DOMAIN}")
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
+
+
+def release_source(release: str) -> str:
+    return (ECHO_APP / "app.py").read_text().replace('RELEASE = "1"', f'RELEASE = "{release}"')
+
+
+def test_code_only_push_rolls_out_with_every_request_answered(world: World) -> None:
+    with Loop(f"echo.{DOMAIN}") as loop:
+        wait_for("the loop's first answer", lambda: loop.releases or None, 30)
+        _, job, pushed = world.push("echo", "Release 2", {"app.py": release_source("2")})
+        wait_for("release 2 answering", lambda: loop.first_time_of("2"), ROLLOUT_TIMEOUT, 0.5)
+        world.wait_live("echo", job["gitops_commit"])
+        time.sleep(2)  # and it keeps answering once the old pod is gone
+
+    first = loop.first_time_of("2")
+    assert first is not None
+    print(f"\npush -> first answer of the new commit through the ingress: {first - pushed:.1f}s; "
+          f"requests during the rollout: {dict(loop.answers)}")
+    assert set(loop.answers) == {"200"}, loop.answers
+    assert loop.releases[-1][1] == "2"
+    # Once the new release answered, the old one never did again.
+    assert all(r == "2" for t, r in loop.releases if t > first + 5)
+
+
+def test_commit_that_crashes_at_start_leaves_the_old_pods_serving(world: World) -> None:
+    # What a forgotten dependency does: gunicorn's worker fails to boot and gunicorn exits.
+    crashing = release_source("3") + "\nimport a_module_release_3_forgot_to_require  # noqa: E402, F401\n"
+    with Loop(f"echo.{DOMAIN}") as loop:
+        _, job, _ = world.push("echo", "Release 3 crashes at import", {"app.py": crashing})
+
+        def crash_looping() -> str | None:
+            for pod in world.pods("echo", "app.kubernetes.io/name=echo"):
+                for status in pod["status"].get("containerStatuses", []):
+                    reason = status.get("state", {}).get("waiting", {}).get("reason")
+                    new_image = job["image"].split("@")[1] in pod["spec"]["containers"][0]["image"]
+                    if reason == "CrashLoopBackOff" and new_image:
+                        return str(reason)
+            return None
+
+        reason = wait_for("the new pod in CrashLoopBackOff", crash_looping, ROLLOUT_TIMEOUT, 1.0)
+        application = wait_for("Argo CD synced the crashing release", lambda: (
+            a if (a := world.application("echo")) and a["status"]["sync"].get("revision") == job["gitops_commit"]
+            else None), ROLLOUT_TIMEOUT, 1.0)
+
+    assert reason == "CrashLoopBackOff"
+    assert application["status"]["health"]["status"] != "Healthy"
+    assert set(loop.answers) == {"200"}, loop.answers
+    assert {r for _, r in loop.releases} == {"2"}  # the old pod kept answering, alone
+
+
+def test_tasks_are_stored_and_survive_their_pod_and_the_database_pod(world: World) -> None:
+    _, job, _ = world.push("tasks", "Deploy tasks", {"templates/e2e.txt": "e2e\n"})
+    world.wait_live("tasks", job["gitops_commit"])
+    host = f"tasks.{DOMAIN}"
+    title = f"stored through the ingress {time.time():.0f}"
+
+    try:
+        created = _post_task(host, title)
+    except AssertionError:
+        logs = world.cluster.kubectl("-n", f"tasks-{ENV}", "logs", "--all-containers", "--prefix", "--tail", "30",
+                                     "-l", "app.kubernetes.io/part-of=tasks", check=False)
+        print(world.describe("tasks"), logs.stdout[-6000:], logs.stderr[-2000:])
+        raise
+
+    assert created["title"] == title
+    assert [t["title"] for t in _tasks(host)] == [title]
+    world.cluster.kubectl("-n", f"tasks-{ENV}", "delete", "pod", "-l", "app.kubernetes.io/name=tasks", "--wait=true")
+    world.cluster.kubectl("-n", f"tasks-{ENV}", "delete", "pod", "mongodb-0", "--wait=true")
+    listed = wait_for("the tasks app answering again with its database", lambda: _tasks_or_none(host),
+                      ROLLOUT_TIMEOUT, 1.0)
+    assert [t["title"] for t in listed] == [title]
+
+
+def _post_task(host: str, title: str) -> dict[str, Any]:
+    import http.client
+    import urllib.parse
+
+    entry = urllib.parse.urlsplit(infra_setting("CUPAAS_TEST_INGRESS", CLUSTER_HINT))
+    deadline = time.monotonic() + 60
+    while True:
+        conn = http.client.HTTPConnection(entry.hostname or "127.0.0.1", entry.port or 80, timeout=10)
+        conn.request("POST", "/api/tasks", body=json.dumps({"title": title}),
+                     headers={"Host": host, "Content-Type": "application/json"})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        if response.status == 201:
+            created: dict[str, Any] = json.loads(body)
+            return created
+        # 503: the app is up but its database not yet (FerretDB starting); anything else is a failure.
+        assert response.status == 503 and time.monotonic() < deadline, (response.status, body)
+        time.sleep(1)
+
+
+def _tasks(host: str) -> list[dict[str, Any]]:
+    status, body = ingress_get(host, "/api/tasks")
+    assert status == 200, body
+    listed: list[dict[str, Any]] = json.loads(body)
+    return listed
+
+
+def _tasks_or_none(host: str) -> list[dict[str, Any]] | None:
+    try:
+        status, body = ingress_get(host, "/api/tasks")
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
