@@ -61,3 +61,54 @@ def test_demo_once_completes_the_loop_and_a_second_run_redeploys_code_only(
     assert changed_files(gitops, first_commit, second_commit) == [
         "apps/tasks/overlays/production/kustomization.yaml", "apps/tasks/release.yaml"]
     assert not (tmp_path / "cupaas-demo").exists()
+
+
+def test_demo_cluster_without_its_settings_says_which_are_missing(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "webhook.cli", "demo", "--dir", str(tmp_path / "d"), "--cluster",
+                           "--ingress", "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+    assert done.returncode == 2
+    assert "--cluster needs --kubeconfig, --sealing-cert" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.cluster
+def test_demo_on_the_cluster_ends_with_a_task_stored_through_the_ingress(
+    tmp_path: Path, registry: str, pypi_mirror: str
+) -> None:
+    from conftest import CLUSTER_HINT, infra_setting
+    from test_cluster_deploy import Cluster
+    from test_cluster_e2e import remove_apps
+    from test_cluster_up import ingress_get
+
+    def setting(name: str) -> str:
+        return infra_setting(name, CLUSTER_HINT)
+
+    cluster = Cluster(Path(setting("CUPAAS_TEST_KUBECONFIG")), Path(setting("CUPAAS_TEST_SEALING_CERT")))
+    remove_apps(cluster, ["tasks"])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "webhook.cli", "demo", "--dir", str(tmp_path / "demo"), "--once",
+             "--registry", registry, "--pypi-mirror", pypi_mirror, "--cluster",
+             "--kubeconfig", setting("CUPAAS_TEST_KUBECONFIG"), "--sealing-cert", setting("CUPAAS_TEST_SEALING_CERT"),
+             "--ingress", setting("CUPAAS_TEST_INGRESS"), "--ingress-class", setting("CUPAAS_TEST_INGRESS_CLASS"),
+             "--mongodb-image", setting("CUPAAS_TEST_MONGODB_IMAGE"),
+             "--cluster-kubectl", os.environ.get("CUPAAS_TEST_CLUSTER_KUBECTL", "kubectl")],
+            capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+            env={**os.environ, "CUPAAS_KUBECTL": kubectl()})
+        out = done.stdout
+        assert done.returncode == 0, out + done.stderr
+        for step in ("Bootstrapping Argo CD", "Argo CD syncs the commit", "Storing a task through the ingress",
+                     "the app stays deployed on the cluster"):
+            assert step in out, f"missing {step!r} in:\n{out}"
+        assert "Starting the built image locally" not in out
+        stored = re.search(r"the newest: '([^']+)'", out)
+        assert stored, out
+        # The task the demo stored is there for the next visitor, through the ingress.
+        status, body = ingress_get("tasks.apps.localhost", "/api/tasks")
+        assert status == 200
+        assert stored.group(1) in body.decode()
+    finally:
+        remove_apps(cluster, ["tasks"])

@@ -52,18 +52,43 @@ def main(argv: Sequence[str] | None = None) -> None:
 @click.option("--registry", default="127.0.0.1:5000", show_default=True, help="The registry from scripts/dev-env.")
 @click.option("--pypi-mirror", default="http://127.0.0.1:3141/root/pypi/+simple/", show_default=True,
               help="The PyPI mirror from scripts/dev-env: the only index the demo's builds reach.")
+@click.option("--cluster", "on_cluster", is_flag=True,
+              help="Deploy to the cluster of `scripts/cluster up` through Argo CD and answer through its ingress "
+                   "(needs --kubeconfig, --sealing-cert, --ingress; scripts/quickstart --cluster passes them).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), help="With --cluster: its kubeconfig.")
+@click.option("--sealing-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --cluster: the sealed-secrets controller's certificate.")
+@click.option("--ingress", help="With --cluster: the ingress controller's entry point, http://HOST:PORT.")
+@click.option("--ingress-class", default="traefik", show_default=True, help="With --cluster: its IngressClass.")
+@click.option("--mongodb-image", help="With --cluster: the image of the MongoDB add-on (cupaas.yaml addons).")
+@click.option("--cluster-kubectl", help="With --cluster: the kubectl to talk to it with (default: CUPAAS_KUBECTL).")
 @user_errors
-def demo(directory: Path, once: bool, registry: str, pypi_mirror: str) -> None:
+def demo(directory: Path, once: bool, registry: str, pypi_mirror: str, on_cluster: bool, kubeconfig: Path | None,
+         sealing_cert: Path | None, ingress: str | None, ingress_class: str, mongodb_image: str | None,
+         cluster_kubectl: str | None) -> None:
     """Run the whole loop locally: register, git push, build, commit to GitOps, and a URL to open."""
     import os
     import sys
 
-    from .demo import run_demo
+    from .demo import ClusterTarget, run_demo
 
     kubectl = os.environ.get("CUPAAS_KUBECTL", "kubectl")
+    cluster = None
+    if on_cluster:
+        missing = [flag for flag, value in (("--kubeconfig", kubeconfig), ("--sealing-cert", sealing_cert),
+                                            ("--ingress", ingress)) if not value]
+        if missing:
+            raise click.UsageError(f"--cluster needs {', '.join(missing)} (the kubeconfig=, sealing_cert= and "
+                                   "ingress= lines of `scripts/cluster up`)")
+        assert kubeconfig and sealing_cert and ingress
+        cluster = ClusterTarget(kubeconfig=kubeconfig.absolute(), sealing_cert=sealing_cert.absolute(),
+                                ingress=ingress, ingress_class=ingress_class, mongodb_image=mongodb_image,
+                                kubectl=cluster_kubectl or kubectl)
+    elif kubeconfig or sealing_cert or ingress or mongodb_image:
+        raise click.UsageError("--kubeconfig, --sealing-cert, --ingress and --mongodb-image go with --cluster")
     try:
         status = run_demo(directory, registry, pypi_mirror, once, echo=lambda line: click.echo(line),
-                          kubectl=kubectl)
+                          kubectl=kubectl, cluster=cluster)
     except KeyboardInterrupt:  # run_demo has already stopped what it started
         click.echo("-----> Interrupted; everything the demo started is stopped", err=True)
         status = 130

@@ -4,6 +4,10 @@ Bare git repos play the forge (a post-receive hook posts a signed push, as GitHu
 registry and Docker engine from scripts/dev-env play the cluster's registry and builder, and the
 built image is started locally where Argo CD would roll it out. Everything lives under one
 directory; a second run reuses it and redeploys a code-only change.
+
+With a cluster (`cupaas demo --cluster`, the settings `scripts/cluster up` prints), nothing is started
+locally: Argo CD is bootstrapped with the project's argocd/ folder, syncs the GitOps commit, the node runs
+the pods, and the demo stores and lists a task through the ingress controller at <app>.<domain>.
 """
 
 from __future__ import annotations
@@ -73,6 +77,19 @@ def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return int(e.code), e.read()
 
 
+@dataclass(frozen=True)
+class ClusterTarget:
+    """Where `cupaas demo --cluster` deploys: what `scripts/cluster up` prints."""
+
+    kubeconfig: Path
+    sealing_cert: Path
+    ingress: str  # http://127.0.0.1:PORT, the ingress controller's entry point
+    ingress_class: str
+    mongodb_image: str | None = None
+    kubectl: str = "kubectl"
+    environment: str = "production"
+
+
 @dataclass
 class Demo:
     root: Path
@@ -80,6 +97,7 @@ class Demo:
     pypi_mirror: str
     echo: Echo = print
     kubectl: str = "kubectl"
+    cluster: ClusterTarget | None = None
     started: list[Callable[[], None]] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
 
@@ -134,7 +152,13 @@ class Demo:
         return True
 
     def sealing_cert(self) -> bytes:
-        """A local stand-in for the cluster's sealed-secrets controller key (kept under the demo dir)."""
+        """The cluster controller's certificate, or a local stand-in for it (kept under the demo dir)."""
+        if self.cluster:
+            try:
+                return self.cluster.sealing_cert.read_bytes()
+            except OSError as e:
+                raise DemoError(f"cannot read the cluster's sealing certificate {self.cluster.sealing_cert}: "
+                                f"{e.strerror}; `scripts/cluster up` prints its path (sealing_cert=)") from None
         key_file, cert_file = self.root / "sealing-key.pem", self.root / "sealing-cert.pem"
         if not cert_file.exists():
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -164,11 +188,13 @@ class Demo:
             "registry": f"{self.registry}/cupaas-demo",
             "environment": "production",
             "gitops": {"repo": self.bare("gitops").as_uri(), "branch": "main", "review": "direct"},
-            "ingress": {"class": "nginx"},
+            "ingress": {"class": self.cluster.ingress_class if self.cluster else "nginx"},
             "sealing": {"cert": "sealing-cert.pem"},
             # The only index builds reach; the base images are the defaults `cupaas images build` makes.
             "mirrors": {"pypi": self.pypi_mirror},
         }
+        if self.cluster and self.cluster.mongodb_image:
+            platform["addons"] = {"mongodb": {"image": self.cluster.mongodb_image}}
         text = "# cupaas demo platform settings\n" + yaml.safe_dump(platform, sort_keys=False)
         (work / "cupaas.yaml").write_text(text)
         (work / "apps").mkdir(exist_ok=True)
@@ -316,19 +342,119 @@ class Demo:
         tail = (logs.stdout + logs.stderr)[-1500:]
         raise DemoError(f"the app did not answer on {url}/healthz; its log ends with:\n{tail}")
 
+    # --- on a cluster -------------------------------------------------------------------------------
+    def kubectl_run(self, *args: str, input: str | None = None) -> str:
+        assert self.cluster
+        command = [self.cluster.kubectl, "--kubeconfig", str(self.cluster.kubeconfig), *args]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, input=input, timeout=120,
+                                  stdin=None if input is not None else subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DemoError(f"kubectl {args[0]} failed: {e}") from None
+        if done.returncode != 0:
+            raise DemoError(f"kubectl {' '.join(args[:3])} failed: {done.stderr.strip()[-800:]}")
+        return done.stdout
+
+    def check_cluster(self) -> None:
+        assert self.cluster
+        if not self.cluster.kubeconfig.is_file():
+            raise DemoError(f"no kubeconfig at {self.cluster.kubeconfig}; start the cluster with `scripts/cluster up`")
+        self.kubectl_run("get", "--raw", "/readyz")
+
+    def bootstrap_argocd(self) -> None:
+        """What docs/install.md has a user do once: the argocd/ folder, its params.yaml filled in, applied."""
+        assert self.cluster
+        source = builtin_dir("argocd")
+        if not (source / "kustomization.yaml").is_file():
+            raise DemoError(f"the Argo CD bootstrap folder is missing at {source}")
+        target = self.root / "argocd"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        params = yaml.safe_load((target / "params.yaml").read_text())
+        params["data"].update(gitopsRepo=self.bare("gitops").as_uri(), gitopsBranch="main",
+                              environment=self.cluster.environment)
+        (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        self.kubectl_run("apply", "-k", str(target))
+
+    def application(self) -> dict[str, Any]:
+        assert self.cluster
+        name = f"{APP}-{self.cluster.environment}"
+        done = subprocess.run([self.cluster.kubectl, "--kubeconfig", str(self.cluster.kubeconfig), "-n", "argocd",
+                               "get", "application", name, "-o", "json"], capture_output=True, text=True, timeout=60)
+        found: dict[str, Any] = json.loads(done.stdout) if done.returncode == 0 else {}
+        return found
+
+    def wait_live(self, gitops_commit: str, timeout: float = 600) -> None:
+        """Until Argo CD has synced that commit and counts the app Healthy; progress every 10 s."""
+        start = last_note = time.monotonic()
+        while True:
+            status = self.application().get("status", {})
+            sync, health = status.get("sync", {}), status.get("health", {})
+            if sync.get("revision") == gitops_commit and sync.get("status") == "Synced" \
+                    and health.get("status") == "Healthy":
+                return
+            now = time.monotonic()
+            if now - start > timeout:
+                raise DemoError(f"Argo CD did not report {APP} Synced and Healthy at {gitops_commit[:12]} within "
+                                f"{timeout:.0f}s (sync {sync.get('status')}, health {health.get('status')}: "
+                                f"{health.get('message', '')}); see `kubectl -n argocd get application "
+                                f"{APP}-{self.cluster.environment if self.cluster else ''} -o yaml`")
+            if now - last_note > 10:
+                self.echo(f"       ... sync {sync.get('status', '-')}, health {health.get('status', '-')} "
+                          f"for {now - start:.0f}s")
+                last_note = now
+            time.sleep(1)
+
+    def ingress_request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        import http.client
+        import urllib.parse
+
+        assert self.cluster
+        entry = urllib.parse.urlsplit(self.cluster.ingress)
+        conn = http.client.HTTPConnection(entry.hostname or "127.0.0.1", entry.port or 80, timeout=10)
+        try:
+            headers = {"Host": f"{APP}.{DEMO_DOMAIN}", "Content-Type": "application/json"}
+            conn.request(method, path, body=body, headers=headers)
+            answer = conn.getresponse()
+            return answer.status, answer.read()
+        finally:
+            conn.close()
+
+    def store_a_task(self, title: str, timeout: float = 120) -> list[str]:
+        """POST a task through the ingress (retrying while the database starts), then list the tasks."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, body = self.ingress_request("POST", "/api/tasks", json.dumps({"title": title}).encode())
+            except OSError as e:
+                status, body = 0, str(e).encode()
+            if status == 201:
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(f"POST /api/tasks through {self.cluster.ingress if self.cluster else ''} answered "
+                                f"{status}: {body[:300].decode(errors='replace')}")
+            time.sleep(1)
+        status, body = self.ingress_request("GET", "/api/tasks")
+        if status != 200:
+            raise DemoError(f"GET /api/tasks answered {status}: {body[:300].decode(errors='replace')}")
+        return [str(task["title"]) for task in json.loads(body)]
+
     def stop_all(self) -> None:
         while self.started:
             self.started.pop()()
 
 
 def run_demo(root: Path, registry: str, pypi_mirror: str, once: bool, echo: Echo = print,
-             kubectl: str = "kubectl") -> int:
+             kubectl: str = "kubectl", cluster: ClusterTarget | None = None) -> int:
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root=root, registry=registry, pypi_mirror=pypi_mirror, echo=echo, kubectl=kubectl)
+    demo = Demo(root=root, registry=registry, pypi_mirror=pypi_mirror, echo=echo, kubectl=kubectl, cluster=cluster)
     try:
         with demo.step(f"Checking the local registry ({registry}) and Docker engine"):
             demo.check_infrastructure()
+        if cluster:
+            with demo.step(f"Checking the cluster ({cluster.kubeconfig})"):
+                demo.check_cluster()
         with demo.step(f"Preparing git repos under {root}/git (they stand in for your forge)"):
             seeds: list[tuple[str, Callable[[Path], None]]] = [
                 ("gitops", lambda w: None), ("control", demo.seed_control), (APP, _seed_app)]
@@ -339,6 +465,9 @@ def run_demo(root: Path, registry: str, pypi_mirror: str, once: bool, echo: Echo
             demo.base_images()
         with demo.step("Registering the app: apps/tasks.yaml in the control repo"):
             echo("       committed and pushed" if demo.register_app() else "       already registered")
+        if cluster:
+            with demo.step("Bootstrapping Argo CD with the argocd/ folder (kubectl apply -k)"):
+                demo.bootstrap_argocd()
         with demo.step("Starting the webhook service (cupaas serve) on loopback"):
             service = demo.start_service(_free_port())
             echo(f"       {service} (log: {root}/service.log)")
@@ -352,15 +481,28 @@ def run_demo(root: Path, registry: str, pypi_mirror: str, once: bool, echo: Echo
             raise DemoError(f"the deploy job ended {job['state']}: {job.get('error')}")
         with demo.step("The GitOps repo now holds the deploy commit"):
             tree = demo.summarize_gitops(job.get("gitops_commit"))
-        with demo.step("Starting the built image locally (Argo CD would roll it out on a cluster)"):
-            url = demo.run_app(tree)
-        echo(f"-----> {APP} answers at {url}  (GET {url}/healthz: 200)")
+        if cluster:
+            with demo.step("Argo CD syncs the commit; the node runs the pods"):
+                demo.wait_live(str(job["gitops_commit"]))
+            host = f"{APP}.{DEMO_DOMAIN}"
+            with demo.step(f"Storing a task through the ingress ({cluster.ingress}, Host: {host})"):
+                title = f"stored by cupaas demo at {dt.datetime.now(dt.UTC):%H:%M:%S}"
+                titles = demo.store_a_task(title)
+                echo(f"       GET /api/tasks lists {len(titles)} task(s), the newest: {titles[0]!r}")
+            echo(f"-----> {APP} answers at http://{host} through the ingress: "
+                 f"curl -H 'Host: {host}' {cluster.ingress}/")
+        else:
+            with demo.step("Starting the built image locally (Argo CD would roll it out on a cluster)"):
+                url = demo.run_app(tree)
+            echo(f"-----> {APP} answers at {url}  (GET {url}/healthz: 200)")
         echo(f"       image {job['image']}")
+        kept = " (the app stays deployed on the cluster)" if cluster else ""
         if once:
-            echo("-----> Demo complete; stopping everything it started")
+            echo(f"-----> Demo complete; stopping everything it started{kept}")
             return 0
         echo("       Open the URL in a browser. Edit the app under "
-             f"{demo.work(APP)} and run the demo again for a code-only redeploy. Ctrl-C stops everything.")
+             f"{demo.work(APP)} and run the demo again for a code-only redeploy. "
+             f"Ctrl-C stops everything the demo started{kept}.")
         with suppress(KeyboardInterrupt):
             while True:
                 time.sleep(1)
