@@ -88,15 +88,19 @@ class World:
     cluster: Cluster
     service: ServedCupaas
     apps: dict[str, AppRepo]
+    control: Path
+    gitops: Path
 
-    def push(self, app: str, message: str, files: dict[str, str]) -> tuple[str, dict[str, Any], float]:
-        """Commit and push; wait for the deploy job. Returns (commit, job, when the push started)."""
+    def push(self, app: str, message: str, files: dict[str, str], ends: str = "live"
+             ) -> tuple[str, dict[str, Any], float]:
+        """Commit and push; wait for the deploy job to end as ``ends``. Returns (commit, job, push time)."""
         started = time.monotonic()
         sha, answer = commit_and_push(self.apps[app], message, files)
         assert [status for status, _ in answer.answers] == [202], answer.output
         [job_id] = answer.job_ids
-        job = self.service.wait_job(job_id, timeout=JOB_TIMEOUT)
-        assert job["state"] == "succeeded", job["log"]
+        job = self.service.wait_job(job_id, timeout=JOB_TIMEOUT, states=("live", "failed", "superseded",
+                                                                           "succeeded"))
+        assert job["state"] == ends, f"{job['error']}\n{job['log']}"
         assert job["commit"] == sha
         return sha, job, started
 
@@ -163,6 +167,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: 
                "--pypi-mirror", pypi_mirror,
                "--ingress-class", infra_setting("CUPAAS_TEST_INGRESS_CLASS", CLUSTER_HINT))
     use_cluster_mongodb_image(control)
+    follow_rollouts(control, cluster.kubeconfig)
     as_bare(gitops, gitops_bare)
     (control / "apps" / f"{EXAMPLE_APP}.yaml").unlink()
     apps = {"echo": make_app_repo(root, "echo", ECHO_APP), "tasks": make_app_repo(root, "tasks")}
@@ -184,10 +189,19 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: 
     with served(control, root / "state", workers=2) as service:
         for app in apps.values():
             install_post_receive(app.bare, service.hook_url("github"), "github", secret_file)
-        yield World(cluster, service, apps)
+        yield World(cluster, service, apps, control, gitops_bare)
         problems = service.problems()
     remove_apps(cluster, ["echo", "tasks"])
     assert problems == []
+
+
+def follow_rollouts(control: Path, kubeconfig: Path, **overrides: Any) -> None:
+    """cupaas.yaml `cluster:`: jobs follow the rollout to live; the URL check goes through the local ingress."""
+    settings = control / "cupaas.yaml"
+    platform = yaml.safe_load(settings.read_text())
+    platform["cluster"] = {"kubeconfig": str(kubeconfig), "rollout_timeout": 300,
+                           "ingress": infra_setting("CUPAAS_TEST_INGRESS", CLUSTER_HINT), **overrides}
+    settings.write_text(yaml.safe_dump(platform, sort_keys=False))
 
 
 def echo_answer(world: World) -> dict[str, Any]:
@@ -199,9 +213,12 @@ def echo_answer(world: World) -> dict[str, Any]:
 
 def test_push_is_answered_through_the_ingress_by_the_pods_argo_cd_rolled_out(world: World) -> None:
     _, job, _ = world.push("echo", "Release 1", {"app.py": (ECHO_APP / "app.py").read_text()})
+    # The job ended `live` only once Argo CD synced, the pods ran the digest and the URL answered.
+    assert (job["url"], job["health"]) == (f"https://echo.{DOMAIN}", "Healthy")
+    assert job["live_at"].endswith("Z") and "-----> Live: echo answers at" in job["log"]
     world.wait_live("echo", job["gitops_commit"])
 
-    answer = wait_for("echo answering through the ingress", lambda: _answer_or_none(world), 60)
+    answer = echo_answer(world)  # at once: live means answering
 
     assert answer["release"] == "1"
     assert answer["greeting"] == GREETING  # the ConfigMap of apps/echo.yaml env
@@ -245,7 +262,7 @@ def test_commit_that_crashes_at_start_leaves_the_old_pods_serving(world: World) 
     # What a forgotten dependency does: gunicorn's worker fails to boot and gunicorn exits.
     crashing = release_source("3") + "\nimport a_module_release_3_forgot_to_require  # noqa: E402, F401\n"
     with Loop(f"echo.{DOMAIN}") as loop:
-        _, job, _ = world.push("echo", "Release 3 crashes at import", {"app.py": crashing})
+        _, job, _ = world.push("echo", "Release 3 crashes at import", {"app.py": crashing}, ends="failed")
 
         def crash_looping() -> str | None:
             for pod in world.pods("echo", "app.kubernetes.io/name=echo"):
@@ -262,6 +279,10 @@ def test_commit_that_crashes_at_start_leaves_the_old_pods_serving(world: World) 
             else None), ROLLOUT_TIMEOUT, 1.0)
 
     assert reason == "CrashLoopBackOff"
+    # The job says why, from the API: the waiting reason and the crash's own log line.
+    assert job["pod_reason"] == "CrashLoopBackOff"
+    assert any("a_module_release_3_forgot_to_require" in line for line in job["pod_log"]), job["pod_log"]
+    assert "CrashLoopBackOff" in job["error"] and "a_module_release_3_forgot_to_require" in job["error"]
     assert application["status"]["health"]["status"] != "Healthy"
     assert set(loop.answers) == {"200"}, loop.answers
     assert {r for _, r in loop.releases} == {"2"}  # the old pod kept answering, alone
@@ -324,3 +345,19 @@ def _tasks_or_none(host: str) -> list[dict[str, Any]] | None:
     except OSError:
         return None
     return json.loads(body) if status == 200 else None
+
+
+def test_a_rollout_argo_cd_never_reports_fails_at_the_bound_without_a_second_commit(world: World) -> None:
+    """Argo CD never answering for the app (here: looked for in a namespace without it) ends the job failed."""
+    follow_rollouts(world.control, world.cluster.kubeconfig, argocd_namespace="no-argocd-here", rollout_timeout=10)
+    try:
+        sha, job, started = world.push("echo", "Release 4, followed in the wrong place",
+                                       {"app.py": release_source("4")}, ends="failed")
+    finally:
+        follow_rollouts(world.control, world.cluster.kubeconfig)
+
+    assert "not live within 10s" in job["error"]
+    assert time.monotonic() - started < JOB_TIMEOUT
+    log = subprocess.run(["git", "log", "--format=%s", "main"], cwd=world.gitops, capture_output=True, text=True,
+                         check=True).stdout
+    assert sum(sha[:12] in line for line in log.splitlines()) == 1  # the GitOps commit was not repeated

@@ -440,8 +440,53 @@ def test_two_processes_enqueue_and_claim_without_losing_or_doubling_jobs(queue: 
 def test_open_refuses_a_newer_schema_and_leaves_no_owner_behind(db: Path) -> None:
     SqliteJobQueue(db).close()
     with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("PRAGMA user_version = 3")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema 2"):
+    with pytest.raises(RuntimeError, match="schema 3"):
         SqliteJobQueue(db)
     assert list(db.with_name(db.name + ".owners").iterdir()) == []
+
+
+def test_a_schema_1_queue_gains_the_rollout_column_and_keeps_its_jobs(db: Path) -> None:
+    """A queue written before rollouts were followed (schema 1: no `live` column) opens and keeps its jobs."""
+    queue = SqliteJobQueue(db)
+    [job_id], _ = queue.enqueue_delivery("d-1", [("deploy", "tasks", "a" * 40)])
+    queue.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN live")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+    with SqliteJobQueue(db) as reopened:
+        job = reopened.claim("w")
+        assert job is not None and job.id == job_id and job.live is None
+        reopened.mark_committed(job_id, image="r/tasks@sha256:" + "1" * 64, gitops_commit="b" * 40,
+                                live={"url": "https://tasks.example.com"})
+        assert reopened.get(job_id).state == "committed"  # type: ignore[union-attr]
+        reopened.finish(job_id, state="live", image="r/tasks@sha256:" + "1" * 64, gitops_commit="b" * 40,
+                        live={"url": "https://tasks.example.com", "health": "Healthy",
+                              "live_at": "2026-12-02T03:00:00Z"})
+        body = reopened.get(job_id).as_json()  # type: ignore[union-attr]
+    with sqlite3.connect(db) as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    conn.close()
+    assert version == 2
+    assert (body["state"], body["url"], body["health"], body["live_at"]) == (
+        "live", "https://tasks.example.com", "Healthy", "2026-12-02T03:00:00Z")
+
+
+def test_a_committed_job_still_holds_its_app_and_is_recovered_if_its_owner_dies(db: Path) -> None:
+    queue = SqliteJobQueue(db)
+    [first], _ = queue.enqueue_delivery("d-1", [("deploy", "tasks", "a" * 40)])
+    assert queue.claim("w") is not None
+    queue.mark_committed(first, image=None, gitops_commit="b" * 40)
+    [second], _ = queue.enqueue_delivery("d-2", [("deploy", "tasks", "c" * 40)])
+
+    assert queue.claim("w") is None  # one job per app: the committed one still runs
+    queue.close()  # its owner goes away
+    with SqliteJobQueue(db) as other:
+        other.recover()
+        # Taken back from the dead owner, and superseded by the newer commit queued meanwhile.
+        assert other.get(first).state == "superseded"  # type: ignore[union-attr]
+        claimed = other.claim("w")
+        assert claimed is not None and claimed.id == second

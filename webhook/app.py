@@ -84,7 +84,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     queue = SqliteJobQueue(state_dir / "jobs.sqlite3")
     metrics = Metrics(queue.counts)
     builder: Builder = settings.get("BUILDER") or DockerBuilder()
-    service = Service(control=control, state_dir=state_dir, builder=builder, on_step=metrics.observe_step)
+    service = Service(control=control, state_dir=state_dir, builder=builder, on_step=metrics.observe_step,
+                      queue=queue)
 
     def finished(job: Job, outcome: JobOutcome, seconds: float) -> None:
         metrics.jobs_finished.labels(kind=job.kind, state=outcome.state).inc()

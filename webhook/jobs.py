@@ -39,8 +39,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-STATES = ("queued", "running", "succeeded", "failed", "superseded")
-FINISHED = ("succeeded", "failed", "superseded")
+# A deploy of a platform with a `cluster:` block goes running → committed (the GitOps commit is made; the
+# rollout is being followed, still under its worker) → live or failed; without one it ends succeeded.
+STATES = ("queued", "running", "committed", "succeeded", "live", "failed", "superseded")
+FINISHED = ("succeeded", "live", "failed", "superseded")
+ACTIVE = ("running", "committed")  # held by a worker
 KINDS = ("deploy", "reconcile")
 Request = tuple[str, str | None, str | None]  # (kind, app, commit)
 
@@ -67,14 +70,21 @@ class Job:
     log: str
     superseded_by: str | None
     delivery: str | None
+    live: dict[str, Any] | None = None  # the rollout's record (generator.live.LiveResult.as_json)
 
     def as_json(self) -> dict[str, Any]:
-        """The `GET /jobs/<id>` body (design section 7), then extras; times are ISO 8601 UTC."""
-        return {"id": self.id, "app": self.app, "commit": self.commit, "state": self.state, "image": self.image,
+        """The `GET /jobs/<id>` body (design section 7), then extras; times are ISO 8601 UTC.
+
+        A followed rollout adds ``url``, ``health``, ``live_at`` and, on failure, ``argocd_message``,
+        ``pod_reason`` and ``pod_log`` (the last lines of the failing pod)."""
+        body = {"id": self.id, "app": self.app, "commit": self.commit, "state": self.state, "image": self.image,
                 "gitops_commit": self.gitops_commit, "pull_request": self.pull_request, "error": self.error,
                 "log": self.log, "kind": self.kind, "attempts": self.attempts, "created": _iso(self.created),
                 "started": _iso(self.started), "finished": _iso(self.finished),
                 "superseded_by": self.superseded_by}
+        for key, value in (self.live or {}).items():
+            body.setdefault(key, value)
+        return body
 
 
 class JobQueue(Protocol):
@@ -98,8 +108,14 @@ class JobQueue(Protocol):
         ...
 
     def finish(self, job_id: str, *, state: str, image: str | None = None, gitops_commit: str | None = None,
-               pull_request: str | None = None, error: str | None = None) -> None:
-        """End a running job as succeeded or failed."""
+               pull_request: str | None = None, error: str | None = None, live: dict[str, Any] | None = None
+               ) -> None:
+        """End a running (or committed) job as succeeded, live, failed or superseded."""
+        ...
+
+    def mark_committed(self, job_id: str, *, image: str | None, gitops_commit: str | None,
+                       pull_request: str | None = None, live: dict[str, Any] | None = None) -> None:
+        """A running job made its GitOps commit and follows the rollout: state committed, still held."""
         ...
 
     def requeue(self, job_id: str, *, delay: float, error: str | None = None) -> None:
@@ -151,20 +167,21 @@ CREATE TABLE jobs (
     log_lines INTEGER NOT NULL DEFAULT 0,  -- lines appended so far: the next line's number
     log_head_lines INTEGER NOT NULL DEFAULT 0,  -- lines 0 .. n-1 are the head, kept for good
     log_head_chars INTEGER NOT NULL DEFAULT 0,
-    log_tail_chars INTEGER NOT NULL DEFAULT 0
+    log_tail_chars INTEGER NOT NULL DEFAULT 0,
+    live TEXT  -- JSON: the followed rollout (url, health, live_at, failure details); schema 2
 );
 CREATE INDEX jobs_by_state ON jobs (state, seq);
 CREATE TABLE job_log (job_id TEXT NOT NULL, n INTEGER NOT NULL, line TEXT NOT NULL, PRIMARY KEY (job_id, n))
     WITHOUT ROWID;
 CREATE TABLE deliveries (delivery TEXT PRIMARY KEY, job_ids TEXT NOT NULL, created REAL NOT NULL) WITHOUT ROWID;
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 """
 _COLUMNS = ("id, kind, app, commit_sha, state, created, started, finished, attempts, image, gitops_commit, "
-            "pull_request, error, superseded_by, delivery")
+            "pull_request, error, superseded_by, delivery, live")
 _CLAIMABLE = """
 SELECT j.seq FROM jobs AS j
 WHERE j.state = 'queued' AND j.run_after <= :now
-  AND NOT EXISTS (SELECT 1 FROM jobs AS r WHERE r.state = 'running'
+  AND NOT EXISTS (SELECT 1 FROM jobs AS r WHERE r.state IN ('running', 'committed')
                   AND (r.kind = 'reconcile' OR j.kind = 'reconcile' OR r.app = j.app))
   AND NOT EXISTS (SELECT 1 FROM jobs AS b WHERE b.state = 'queued' AND b.kind = 'reconcile'
                   AND b.seq < j.seq AND b.run_after <= :now)
@@ -209,8 +226,11 @@ class SqliteJobQueue:
                 if version == 0:
                     for statement in filter(str.strip, _SCHEMA.split(";\n")):
                         conn.execute(statement)
-                elif version != 1:
-                    raise RuntimeError(f"{self.path} holds job queue schema {version}; this cupaas reads 1")
+                elif version == 1:  # before rollouts were followed: one column more, nothing else
+                    conn.execute("ALTER TABLE jobs ADD COLUMN live TEXT")
+                    conn.execute("PRAGMA user_version = 2")
+                elif version != 2:
+                    raise RuntimeError(f"{self.path} holds job queue schema {version}; this cupaas reads 1 and 2")
         except BaseException:
             self.close()
             raise
@@ -265,15 +285,26 @@ class SqliteJobQueue:
             self._append(conn, job_id, line)
 
     def finish(self, job_id: str, *, state: str, image: str | None = None, gitops_commit: str | None = None,
-               pull_request: str | None = None, error: str | None = None) -> None:
+               pull_request: str | None = None, error: str | None = None, live: dict[str, Any] | None = None
+               ) -> None:
         if state not in FINISHED:
             raise ValueError(f"a job finishes as {' or '.join(FINISHED)}, not {state!r}")
         with self._transaction() as conn:
             self._held(conn, job_id)
             conn.execute("UPDATE jobs SET state = ?, finished = ?, image = ?, gitops_commit = ?, pull_request = ?, "
-                         "error = ?, owner = NULL WHERE id = ?",
-                         (state, time.time(), image, gitops_commit, pull_request, error, job_id))
+                         "error = ?, live = ?, owner = NULL WHERE id = ?",
+                         (state, time.time(), image, gitops_commit, pull_request, error,
+                          json.dumps(live, sort_keys=True) if live else None, job_id))
         self.wake()
+
+    def mark_committed(self, job_id: str, *, image: str | None, gitops_commit: str | None,
+                       pull_request: str | None = None, live: dict[str, Any] | None = None) -> None:
+        with self._transaction() as conn:
+            self._held(conn, job_id)
+            conn.execute("UPDATE jobs SET state = 'committed', image = ?, gitops_commit = ?, pull_request = ?, "
+                         "live = ? WHERE id = ?",
+                         (image, gitops_commit, pull_request, json.dumps(live, sort_keys=True) if live else None,
+                          job_id))
 
     def requeue(self, job_id: str, *, delay: float, error: str | None = None) -> None:
         now = time.time()
@@ -292,7 +323,8 @@ class SqliteJobQueue:
         now = time.time()
         requeued: list[str] = []
         with self._transaction() as conn:
-            rows = conn.execute("SELECT id, kind, app, attempts, owner FROM jobs WHERE state = 'running' "
+            rows = conn.execute("SELECT id, kind, app, attempts, owner FROM jobs "
+                                "WHERE state IN ('running', 'committed') "
                                 "ORDER BY seq").fetchall()
             for job_id, kind, app, attempts, owner in rows:
                 if owner == self._owner.token or self._owner.is_alive(owner):
@@ -358,7 +390,7 @@ class SqliteJobQueue:
     def _held(self, conn: sqlite3.Connection, job_id: str) -> tuple[str, str | None]:
         """(kind, app) of ``job_id`` if it runs under this instance; else raise JobLost."""
         row = conn.execute("SELECT kind, app, state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or row[2] != "running" or row[3] != self._owner.token:
+        if row is None or row[2] not in ACTIVE or row[3] != self._owner.token:
             state = "unknown" if row is None else row[2]
             raise JobLost(f"job {job_id} is not running under this queue (state: {state})")
         return row[0], row[1]
@@ -411,11 +443,11 @@ class SqliteJobQueue:
             lines.append(line)
             expected = n + 1
         (job_id, kind, app, commit, state, created, started, finished, attempts, image, gitops_commit, pull_request,
-         error, superseded_by, delivery) = row
+         error, superseded_by, delivery, live) = row
         return Job(id=job_id, kind=kind, app=app, commit=commit, state=state, created=created, started=started,
                    finished=finished, attempts=attempts, image=image, gitops_commit=gitops_commit,
                    pull_request=pull_request, error=error, log="".join(f"{line}\n" for line in lines),
-                   superseded_by=superseded_by, delivery=delivery)
+                   superseded_by=superseded_by, delivery=delivery, live=json.loads(live) if live else None)
 
     # -- connections --------------------------------------------------------------------------------
 

@@ -16,12 +16,13 @@ from generator.app_source import OlderCommit
 from generator.builder import Builder
 from generator.deploy import Deployer, DeployError, reconcile
 from generator.errors import CupaasError, TransientError
+from generator.live import ClusterSettings, RolloutWatcher, api_client, cluster_settings
 from generator.loading import APPS_DIR, PLATFORM_FILE, load_control_repo
 from generator.models import ControlRepo
 
 from .control import ControlSource
 from .events import PushEvent
-from .jobs import Job
+from .jobs import Job, JobQueue
 from .repo_urls import repo_matches
 from .worker import JobOutcome
 
@@ -36,6 +37,7 @@ class Service:
     builder: Builder
     on_step: Callable[[str, float], None] | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    queue: JobQueue | None = None  # to record `committed` while a rollout is followed
     _cache: tuple[object, ControlRepo] | None = field(default=None, init=False, repr=False)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -77,6 +79,29 @@ class Service:
                 self._cache = (key, load_control_repo(root, check_cert=False))
             return self._cache[1]
 
+    def _follow(self, job: Job, log: Log, settings: ClusterSettings, app: str, image: str, gitops_commit: str,
+                url: str) -> JobOutcome:
+        """Committed: refresh Argo CD and follow the rollout until live or failed (never deploy again)."""
+        if self.queue is not None:
+            self.queue.mark_committed(job.id, image=image, gitops_commit=gitops_commit, live={"url": url})
+        environment = load_control_repo(self.control.current(), check_cert=False).platform.environment
+        log(f"-----> Following the rollout of {gitops_commit[:12]} (Argo CD in namespace "
+            f"{settings.argocd_namespace}, at most {settings.rollout_timeout:g}s)")
+        try:
+            watcher = RolloutWatcher(settings, api_client(settings), log)
+            result = watcher.follow(app=app, environment=environment, gitops_commit=gitops_commit,
+                                    image_digest=image.rsplit("@", 1)[-1], url=url)
+        except CupaasError as e:
+            return JobOutcome(state="failed", image=image, gitops_commit=gitops_commit, error=f"rollout: {e}",
+                              live={"url": url})
+        if result.state == "live":
+            log(f"-----> Live: {app} answers at {url} ({result.seconds:.1f}s after the GitOps commit)")
+            return JobOutcome(state="live", image=image, gitops_commit=gitops_commit, live=result.as_json())
+        for line in result.pod_log:
+            log(f"       | {line}")
+        return JobOutcome(state="failed", image=image, gitops_commit=gitops_commit, error=result.reason,
+                          live=result.as_json())
+
     def deployer(self, log: Log) -> Deployer:
         return Deployer(control_dir=self.control.current(), builder=self.builder, state_dir=self.state_dir,
                         log=log, environ=self.environ, on_step=self.on_step)
@@ -91,11 +116,16 @@ class Service:
                 return JobOutcome(state="succeeded", gitops_commit=result.gitops_commit,
                                   pull_request=result.pull_request.url if result.pull_request else None)
             assert job.app is not None
-            deployed = self.deployer(log).deploy(job.app, job.commit, refuse_older=True)
+            deployer = self.deployer(log)
+            deployed = deployer.deploy(job.app, job.commit, refuse_older=True)
             # A re-run (after a crash) finds its commit already made: report that commit.
             gitops_commit = deployed.gitops_commit or deployed.already_in
-            return JobOutcome(state="succeeded", image=str(deployed.image), gitops_commit=gitops_commit,
-                              pull_request=deployed.pull_request.url if deployed.pull_request else None)
+            pull_request = deployed.pull_request.url if deployed.pull_request else None
+            settings = cluster_settings(deployer.control_dir)
+            if settings is None or pull_request is not None or gitops_commit is None:
+                return JobOutcome(state="succeeded", image=str(deployed.image), gitops_commit=gitops_commit,
+                                  pull_request=pull_request)
+            return self._follow(job, log, settings, deployed.app, str(deployed.image), gitops_commit, deployed.url)
         except OlderCommit as e:
             log(f"-----> Superseded: {e}")
             return JobOutcome(state="superseded", error=str(e))

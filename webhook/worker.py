@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from generator.errors import CupaasError, TransientError
 from generator.git_cache import redact
@@ -39,12 +40,13 @@ _MAX_ERROR = 1000
 
 @dataclass(frozen=True)
 class JobOutcome:
-    state: str  # "succeeded" | "failed" | "superseded" (a newer commit is already deployed)
+    state: str  # "succeeded" | "live" | "failed" | "superseded" (a newer commit is already deployed)
     image: str | None = None
     gitops_commit: str | None = None
     pull_request: str | None = None  # url
     error: str | None = None
     transient: bool = False  # a failure that may pass on retry
+    live: dict[str, Any] | None = None  # a followed rollout's record (url, health, live_at, failure details)
 
 
 RunJob = Callable[[Job, Log], JobOutcome]
@@ -167,7 +169,7 @@ class WorkerPool:
                     return
                 outcome = failed
             self.queue.finish(job.id, state=outcome.state, image=outcome.image, gitops_commit=outcome.gitops_commit,
-                              pull_request=outcome.pull_request, error=outcome.error)
+                              pull_request=outcome.pull_request, error=outcome.error, live=outcome.live)
         except JobAbandoned:
             with self._lock:
                 self._abandoned += 1
@@ -204,7 +206,7 @@ class WorkerPool:
             error = f"{error} (gave up after {job.attempts} attempts)"
         log(f"-----> Failed: {error}")
         return JobOutcome(state="failed", image=outcome.image, gitops_commit=outcome.gitops_commit,
-                          pull_request=outcome.pull_request, error=error)
+                          pull_request=outcome.pull_request, error=error, live=outcome.live)
 
     def _abandon_job(self, job: Job) -> None:
         try:
