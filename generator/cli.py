@@ -140,19 +140,47 @@ def main(argv: Sequence[str] | None = None) -> None:
 @click.option("--commit", help="Deploy this commit of the app's branch (default: the branch head).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Caches of app and GitOps clones (default: $CUPAAS_STATE_DIR or ~/.cache/cupaas).")
-def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | None) -> None:
-    """Run the whole pipeline once: fetch, build, push, render, commit."""
+@click.option("--wait", is_flag=True,
+              help="After the GitOps commit, follow the rollout (cupaas.yaml cluster:) and exit 0 once the release "
+                   "is live, 1 if it fails.")
+def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | None, wait: bool) -> None:
+    """Run the whole pipeline once: fetch, build, push, render, commit (and with --wait, until live)."""
     # Imported here: the docker SDK is slow to import and only deploys need it.
     from .builder import DockerBuilder
     from .deploy import Deployer, DeployError, default_state_dir
+    from .live import ClusterUnavailable, RolloutWatcher, api_client, cluster_settings
 
     def log(line: str) -> None:
         click.echo(line)
 
+    settings = cluster_settings(control_dir) if wait and (control_dir / PLATFORM_FILE).is_file() else None
+    if wait and settings is None:
+        _fail(f"--wait follows the rollout with the cluster: block of {control_dir}/{PLATFORM_FILE}, which has "
+              "none; add cluster: {kubeconfig: ..., ingress: ...} (docs/install.md) or drop --wait")
+        sys.exit(1)
     deployer = Deployer(control_dir=control_dir, builder=DockerBuilder(), state_dir=state_dir or default_state_dir(),
                         log=log)
     try:
-        deployer.deploy(app, commit)
+        result = deployer.deploy(app, commit)
+        if settings is not None:
+            gitops_commit = result.gitops_commit or result.already_in
+            if result.pull_request is not None or gitops_commit is None:
+                log("-----> Not waiting: the release goes live once its pull request is merged")
+                return
+            environment = load_control_repo(control_dir, check_cert=False).platform.environment
+            log(f"-----> Following the rollout of {gitops_commit[:12]} (at most {settings.rollout_timeout:g}s)")
+            live = RolloutWatcher(settings, api_client(settings), log).follow(
+                app=app, environment=environment, gitops_commit=gitops_commit,
+                image_digest=str(result.image).rsplit("@", 1)[-1], url=result.url)
+            if live.state != "live":
+                for line in live.pod_log:
+                    click.echo(f"       | {line}", err=True)
+                _fail(f"{app} is not live: {live.reason}")
+                sys.exit(1)
+            log(f"-----> Live: {app} answers at {result.url} ({live.seconds:.1f}s after the GitOps commit)")
+    except ClusterUnavailable as e:
+        _fail(str(e))
+        sys.exit(1)
     except DeployError as e:
         click.echo(f"-----> Failed at step {e.step}", err=True)
         _fail(str(e.cause))
@@ -161,6 +189,27 @@ def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | No
     except CupaasError as e:
         _fail(str(e))
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("control_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("app")
+@user_errors
+def status(control_dir: Path, app: str) -> None:
+    """Print what runs of APP on the cluster: the Application's sync and health, the image, the pods."""
+    from .live import api_client, cluster_settings, status_lines
+
+    control = load_control_repo(control_dir, check_cert=False)
+    if app not in control.apps:
+        raise CupaasError(f"{control_dir}/apps/{app}.yaml: no such app; registered: "
+                          f"{', '.join(sorted(control.apps)) or 'none'}")
+    settings = cluster_settings(control_dir)
+    if settings is None:
+        raise CupaasError(f"{control_dir}/{PLATFORM_FILE}: no cluster: block, so cupaas does not know the cluster; "
+                          "add cluster: {kubeconfig: ...} (docs/install.md)")
+    url = f"https://{app}.{control.platform.domain}"
+    for line in status_lines(settings, api_client(settings), app, control.platform.environment, url):
+        click.echo(line)
 
 
 @cli.command(name="init")

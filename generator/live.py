@@ -357,3 +357,45 @@ def _telling_line(lines: list[str]) -> str:
 def _one_line(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= 500 else text[:499] + "…"
+
+
+def status_lines(settings: ClusterSettings, api: Any, app: str, environment: str, url: str) -> list[str]:
+    """What `cupaas status` prints: the Application's sync and health, the web image, the pods."""
+    client = _kubernetes("kubernetes.client")
+    ApiException = _api_exception()
+    custom, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)
+    name = f"{app}-{environment}"
+    lines = [f"app:         {app} (namespace {name})", f"url:         {url}"]
+    try:
+        found = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", settings.argocd_namespace,
+                                                    "applications", name)
+        status = found.get("status", {})
+        sync, health = status.get("sync", {}), status.get("health", {})
+        lines.append(f"application: {settings.argocd_namespace}/{name}: {sync.get('status', '-')} at "
+                     f"{str(sync.get('revision') or '-')[:12]}, {health.get('status', '-')}"
+                     + (f" ({health['message']})" if health.get("message") else ""))
+    except ApiException as e:
+        if e.status != 404:
+            raise ClusterUnavailable(f"reading Application {name}: the Kubernetes API answered {e.status}") from None
+        lines.append(f"application: {settings.argocd_namespace}/{name} does not exist (not deployed yet?)")
+        return lines
+    try:
+        deployment = apps.read_namespaced_deployment(app, name)
+        lines.append(f"image:       {deployment.spec.template.spec.containers[0].image}")
+        ready, want = deployment.status.ready_replicas or 0, deployment.spec.replicas
+        lines.append(f"web:         {ready}/{want} ready")
+    except ApiException as e:
+        if e.status != 404:
+            raise ClusterUnavailable(f"reading Deployment {name}/{app}: the Kubernetes API answered {e.status}") \
+                from None
+        lines.append("web:         no Deployment yet")
+    pods = core.list_namespaced_pod(name, label_selector=f"app.kubernetes.io/part-of={app}").items
+    lines.append("pods:" if pods else "pods:        none")
+    for pod in sorted(pods, key=lambda p: p.metadata.name):
+        statuses = pod.status.container_statuses or []
+        ready = sum(1 for c in statuses if c.ready)
+        restarts = sum(c.restart_count for c in statuses)
+        waiting = next((c.state.waiting.reason for c in statuses if c.state and c.state.waiting), None)
+        lines.append(f"  {pod.metadata.name:<40} {waiting or pod.status.phase:<18} ready {ready}/{len(statuses)}  "
+                     f"restarts {restarts}")
+    return lines

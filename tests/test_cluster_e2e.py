@@ -361,3 +361,25 @@ def test_a_rollout_argo_cd_never_reports_fails_at_the_bound_without_a_second_com
     log = subprocess.run(["git", "log", "--format=%s", "main"], cwd=world.gitops, capture_output=True, text=True,
                          check=True).stdout
     assert sum(sha[:12] in line for line in log.splitlines()) == 1  # the GitOps commit was not repeated
+
+
+def test_deploy_wait_follows_the_release_to_live_and_status_shows_it(world: World) -> None:
+    done = subprocess.run([*cupaas_command(), "deploy", str(world.control), "echo", "--wait", "--state-dir",
+                           str(world.control.parent / "cli-state")], capture_output=True, text=True, timeout=900,
+                          stdin=subprocess.DEVNULL)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "-----> Following the rollout of" in done.stdout
+    assert f"-----> Live: echo answers at https://echo.{DOMAIN}" in done.stdout
+    status = subprocess.run([*cupaas_command(), "status", str(world.control), "echo"], capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert status.returncode == 0, status.stderr
+    assert f"url:         https://echo.{DOMAIN}" in status.stdout
+    assert "Synced at" in status.stdout and "Healthy" in status.stdout
+    [pod] = [p["metadata"]["name"] for p in world.pods("echo", "app.kubernetes.io/name=echo")
+             if not p["metadata"].get("deletionTimestamp")]
+    assert pod in status.stdout
+    unknown = subprocess.run([*cupaas_command(), "status", str(world.control), "nope"], capture_output=True,
+                             text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert unknown.returncode == 1 and "apps/nope.yaml: no such app" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
