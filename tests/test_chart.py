@@ -59,8 +59,11 @@ EXTERNAL_ENGINE: dict[str, Any] = {
     "serviceAccount": {"create": False},
 }
 EXISTING_CLAIM: dict[str, Any] = {"persistence": {"existingClaim": "cupaas-data"}}
+FOLLOW_ROLLOUTS: dict[str, Any] = {"followRollouts": {"enabled": True, "argocdNamespace": "gitops"}}
 
 CASES = {"defaults": {}, "all-on": ALL_ON, "external-engine": EXTERNAL_ENGINE, "existing-claim": EXISTING_CLAIM}
+# Cases without RBAC (every case above); the rollout-following case grants exactly what live.py uses.
+RBAC_CASES = {"follow-rollouts": FOLLOW_ROLLOUTS}
 
 
 @functools.cache
@@ -86,7 +89,7 @@ def values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
 def _render(case: str) -> tuple[dict[str, Any], ...]:
     with tempfile.TemporaryDirectory() as tmp:
         done = run_helm(["template", "cupaas", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
-                         "--values", str(values_file(Path(tmp), CASES[case]))])
+                         "--values", str(values_file(Path(tmp), {**CASES, **RBAC_CASES}[case]))])
     assert done.returncode == 0, done.stderr
     return tuple(validate_documents(done.stdout))
 
@@ -145,6 +148,31 @@ def test_chart_grants_no_rbac(case: str) -> None:
     rbac = [o for o in render(case) if o["apiVersion"].startswith("rbac.authorization.k8s.io/")]
     assert rbac == []
     assert deployment(case)["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_chart_follow_rollouts_grants_only_what_following_a_rollout_reads_and_patches() -> None:
+    objects = render("follow-rollouts")
+    rules = {(o["kind"], o["metadata"].get("namespace")): o["rules"] for o in objects
+             if o["kind"] in ("ClusterRole", "Role")}
+
+    assert rules == {
+        ("ClusterRole", None): [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]},
+                                {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}],
+        ("Role", "gitops"): [{"apiGroups": ["argoproj.io"], "resources": ["applications", "applicationsets"],
+                              "verbs": ["get", "patch"]}],
+    }
+    account = find(objects, "ServiceAccount")[0]["metadata"]["name"]
+    for binding in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    (pod,) = find(objects, "Deployment")
+    assert pod["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def test_chart_follow_rollouts_passes_helm_lint_strict(tmp_path: Path) -> None:
+    done = run_helm(["lint", "--strict", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+                     "--values", str(values_file(tmp_path, FOLLOW_ROLLOUTS))])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
 
 
 @pytest.mark.parametrize("case", CASES)
