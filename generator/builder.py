@@ -108,14 +108,38 @@ class DockerBuilder:
         log: Log,
         network: BuildNetwork = NO_NETWORK,
     ) -> ImageRef:
-        """See `Builder.build_and_push`."""
+        """See `Builder.build_and_push`. An image cupaas already pushed as ``repository:tag`` with the same
+        labels (the same commit of the same repo) is reused, not rebuilt: one commit, one image."""
         client = self._connect()
         try:
-            self._build(client.api, context, dockerfile, f"{repository}:{tag}", labels, log, network)
-            digest = self._push(client.api, repository, tag, log)
+            digest = self._already_pushed(client.api, repository, tag, labels, log)
+            if digest is None:
+                self._build(client.api, context, dockerfile, f"{repository}:{tag}", labels, log, network)
+                digest = self._push(client.api, repository, tag, log)
         finally:
             client.close()
         return ImageRef(repository=repository, digest=digest, tag=tag)
+
+    def _already_pushed(self, api: docker.APIClient, repository: str, tag: str, labels: Mapping[str, str],
+                        log: Log) -> str | None:
+        """The digest ``repository:tag`` has in the registry if its image carries ``labels``; else None."""
+        ref = f"{repository}:{tag}"
+        try:
+            digest = str(api.inspect_distribution(ref)["Descriptor"]["digest"])
+            if not _DIGEST.fullmatch(digest):
+                return None
+            try:
+                found = api.inspect_image(f"{repository}@{digest}")
+            except docker.errors.ImageNotFound:
+                api.pull(repository, tag=digest)  # the SDK joins a sha256: tag with "@"
+                found = api.inspect_image(f"{repository}@{digest}")
+        except (docker.errors.APIError, *_CONNECTION_ERRORS):
+            return None  # not there (or not readable): build it; the build and push report real trouble
+        have = (found.get("Config") or {}).get("Labels") or {}
+        if any(have.get(k) != _without_userinfo(v) for k, v in labels.items()):
+            return None
+        log(f"-----> Reusing {ref}: the registry already holds the image cupaas built from this commit")
+        return digest
 
     def _connect(self) -> docker.DockerClient:
         where = self._base_url or "DOCKER_HOST or the local socket"

@@ -7,6 +7,7 @@ The CLI (`cupaas deploy`) and the webhook worker both run this.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -19,6 +20,7 @@ from .app_source import AppSource, OlderCommit
 from .builder import Builder
 from .errors import CupaasError, TransientError, ValidationError
 from .forges import ForgeClient, PullRequest, forge_client_from_env
+from .git_cache import locked
 from .gitops_repo import GitOpsRepo, redact
 from .gitops_tree import apply, read_release
 from .isolation.mirrors import BuildNetwork, build_network
@@ -169,20 +171,31 @@ class Deployer:
                 stand_in = ImageRef(f"{platform.registry}/{app}", "sha256:" + "0" * 64, fetched.sha)
                 render_control(control, Path(tmp) / "check", {app: release_of(app, config, plan, stand_in,
                                fetched.sha)}, app, registry, sealer)
-            with steps.step("build"):
+            repository = f"{platform.registry}/{app}"
+            with steps.step("build"), _build_lock(repository, fetched.sha):
+                # Deploys of one commit on this machine build one at a time, whatever their state dir:
+                # the later ones find the image in the registry and reuse it instead of re-pointing the tag.
                 image = self.builder.build_and_push(
-                    source_dir, plan.dockerfile, f"{platform.registry}/{app}", fetched.sha,
+                    source_dir, plan.dockerfile, repository, fetched.sha,
                     {"org.opencontainers.image.source": registration.repo,
                      "org.opencontainers.image.revision": fetched.sha}, log, network)
             log(f"       pushed {image}")
-        release = release_of(app, config, plan, image, fetched.sha)
         layout = AppLayout(app, platform.environment)
         previous: dict[str, str | None] = {}
+        chosen = {"image": image}
 
         def apply_change(worktree: Path) -> Sequence[str]:
             steps.step_to("render")
             before = read_release(worktree, app, platform.environment)
             previous["image"] = str(before.image) if before else None
+            chosen["image"] = image
+            if (before is not None and before.commit == fetched.sha and before.image != image
+                    and before.image.repository == image.repository):
+                # Another deploy of this commit got here first (from another machine or state dir): its
+                # image stays, so one commit keeps one image and the GitOps repo gets no second commit.
+                log(f"       {app} {fetched.sha[:12]} is already deployed as {before.image}; keeping that image")
+                chosen["image"] = before.image
+            release = release_of(app, config, plan, chosen["image"], fetched.sha)
             result = render_control(control, worktree, {app: release}, app, registry, sealer)
             changed = apply(worktree, result.files, result.rendered_apps, (), result.seeded)
             steps.step_to("commit")
@@ -199,7 +212,7 @@ class Deployer:
             published = gitops.publish(apply_change, message, review_branch=review_branch, forge=forge,
                                        pr_title=title,
                                        pr_body=lambda changed: _pr_body(app, fetched.sha, previous.get("image"),
-                                                                        str(image), changed))
+                                                                        str(chosen["image"]), changed))
         if published.commit is None:
             log(f"       no change: the GitOps repo already deploys {app} at {fetched.sha[:12]}")
         else:
@@ -212,9 +225,17 @@ class Deployer:
         steps.done()
         url = f"https://{layout.host(platform.domain)}"
         log(f"-----> Done: {app} {fetched.sha[:12]} will answer at {url} once Argo CD syncs")
-        return DeployResult(app=app, commit=fetched.sha, subject=subject, image=image,
+        return DeployResult(app=app, commit=fetched.sha, subject=subject, image=chosen["image"],
                             gitops_commit=published.commit, already_in=published.current, branch=published.branch,
                             pull_request=published.pull_request, changed=published.changed, url=url)
+
+
+@contextmanager
+def _build_lock(repository: str, commit: str) -> Iterator[None]:
+    """Held while one commit's image is built and pushed, by every cupaas process of this machine and user."""
+    key = hashlib.sha256(f"{repository}:{commit}".encode()).hexdigest()[:32]
+    with locked(Path(tempfile.gettempdir()) / f"cupaas-{os.getuid()}" / "build-locks" / f"{key}.lock"):
+        yield
 
 
 def _build_network(platform: Platform, plan: BuildPlan, app: str) -> BuildNetwork:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from deploy_support import heads, make_app_repo, make_control, make_gitops_repo
 from loopback import HTTP, free_port
-from webhook_support import commit_and_push, cupaas_command, served, write_secret
+from webhook_support import commit_and_push, cupaas_command, served, write_app_secret
 
 from webhook.git_hook import install_post_receive
 
@@ -165,7 +165,7 @@ def test_hostile_build_reaches_only_the_mirror(
         log = deploy_with_the_cli(control, tmp_path / "state")
     else:
         with served(control, tmp_path / "state", port=port) as service:
-            install_post_receive(app.bare, service.hook_url("github"), "github", write_secret(tmp_path))
+            install_post_receive(app.bare, service.hook_url("github"), "github", write_app_secret(tmp_path, "hostile"))
             _sha, answer = commit_and_push(app, "Hostile probes", {"probe-again.txt": "1\n"})
             [job_id] = answer.job_ids
             job = service.wait_job(job_id, timeout=300)

@@ -31,7 +31,7 @@ from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import AppRepo, make_app_repo
 from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, run_cupaas, use_cluster_mongodb_image
 from test_cluster_up import ingress_get, wait_for
-from webhook_support import ServedCupaas, commit_and_push, cupaas_command, served, write_secret
+from webhook_support import ServedCupaas, commit_and_push, cupaas_command, served, write_app_secret
 
 from generator.init import EXAMPLE_APP
 from webhook.git_hook import install_post_receive
@@ -185,10 +185,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: 
     params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
     (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
     cluster.kubectl("apply", "-k", str(bootstrap))
-    secret_file = write_secret(root)
     with served(control, root / "state", workers=2) as service:
-        for app in apps.values():
-            install_post_receive(app.bare, service.hook_url("github"), "github", secret_file)
+        for name, app in apps.items():
+            install_post_receive(app.bare, service.hook_url("github"), "github", write_app_secret(root, name))
         yield World(cluster, service, apps, control, gitops_bare)
         problems = service.problems()
     remove_apps(cluster, ["echo", "tasks"])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -15,6 +18,7 @@ from click.testing import CliRunner
 from deploy_support import (
     changed_files,
     export,
+    git,
     heads,
     make_app_repo,
     make_control,
@@ -157,6 +161,68 @@ def test_two_deploys_of_different_apps_racing_both_land(tmp_path: Path, registry
     assert any("retry" in line.lower() or "rejected" in line.lower() for line in logs_a), logs_a
     assert heads(gitops)["main"] == result.gitops_commit
     assert raced[0].gitops_commit is not None
+
+
+def _registry_digest(registry: str, repository: str, tag: str) -> str:
+    request = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{tag}",
+                                     headers={"Accept": MANIFEST_TYPES})
+    with HTTP.open(request, timeout=10) as answer:
+        answer.read()
+        return str(answer.headers["Docker-Content-Digest"])
+
+
+def _unreproducible_app(root: Path, base_image: str) -> Path:
+    """An app whose every build differs (a timestamp, after a pause): builds running at once never share a cache."""
+    source = root / "unreproducible-app"
+    source.mkdir()
+    (source / ".cupaas").write_text("runtime: python\ndockerfile: Dockerfile\n")
+    (source / "Dockerfile").write_text(f"FROM {base_image}\nWORKDIR /app\nCOPY . /app\n"
+                                       "RUN sleep 2 && date +%s%N > /app/built-at\n"
+                                       'CMD ["python3", "-m", "http.server", "8080"]\n')
+    (source / "VERSION").write_text(f"{uuid.uuid4()}\n")  # new to the engine's build cache on every run
+    return source
+
+
+def _parallel_deploys(tmp_path: Path, control: Path, count: int) -> list[DeployResult]:
+    deployers = [Deployer(control_dir=control, builder=DockerBuilder(), state_dir=tmp_path / f"state-{i}",
+                          log=lambda s: None) for i in range(count)]
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda d: d.deploy("tasks"), deployers))
+
+
+def test_three_parallel_deploys_of_one_commit_make_one_image_and_one_gitops_commit(
+        tmp_path: Path, registry: str, base_image: str) -> None:
+    """Issue 14 item 7: three state dirs at once; the `:<sha>` tag is never re-pointed."""
+    app = make_app_repo(tmp_path, "tasks", source=_unreproducible_app(tmp_path, base_image))
+    gitops = make_gitops_repo(tmp_path)
+    control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"tasks": app.url})
+    results = _parallel_deploys(tmp_path, control, 3)
+    sha = app.head()
+    assert len({str(r.image) for r in results}) == 1, [str(r.image) for r in results]
+    deploys = git("log", "--format=%s", "main", cwd=gitops).splitlines()
+    assert [line for line in deploys if sha[:12] in line] == [f"Deploy tasks {sha[:12]}: {results[0].subject}"]
+    # Each deploy reports that one commit (made by it, or found already there; identical commits share a sha).
+    assert {r.gitops_commit or r.already_in for r in results} == {heads(gitops)["main"]}
+    image = results[0].image
+    pinned = yaml.safe_load(git("show", "main:apps/tasks/release.yaml", cwd=gitops))["image"]
+    assert pinned == str(image)
+    assert _registry_digest(registry, image.repository.removeprefix(f"{registry}/"), sha) == image.digest
+
+
+def test_parallel_deploys_that_each_built_an_image_still_make_one_gitops_commit(
+        tmp_path: Path, registry: str, base_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As from three machines: no shared lock, no image reuse; the GitOps release record keeps the first image."""
+    monkeypatch.setattr(generator.deploy, "_build_lock", lambda repository, commit: contextlib.nullcontext())
+    monkeypatch.setattr(DockerBuilder, "_already_pushed", lambda *args: None)
+    app = make_app_repo(tmp_path, "tasks", source=_unreproducible_app(tmp_path, base_image))
+    gitops = make_gitops_repo(tmp_path)
+    control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"tasks": app.url})
+    results = _parallel_deploys(tmp_path, control, 3)
+    sha = app.head()
+    assert sum(sha[:12] in line for line in git("log", "--format=%s", "main", cwd=gitops).splitlines()) == 1
+    assert len({str(r.image) for r in results}) == 1, [str(r.image) for r in results]
+    pinned = yaml.safe_load(git("show", "main:apps/tasks/release.yaml", cwd=gitops))["image"]
+    assert pinned == str(results[0].image)
 
 
 # --- failures: each names its step and leaves the GitOps repo unchanged --------------------------------

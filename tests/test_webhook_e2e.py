@@ -37,6 +37,7 @@ from webhook_support import (
     push,
     release,
     served,
+    write_app_secret,
     write_secret,
 )
 
@@ -200,10 +201,9 @@ def forge_world(tmp_path_factory: pytest.TempPathFactory, registry: str, base_im
     gitops = make_gitops_repo(root)
     control = make_control(root, registry, base_image, gitops.as_uri(),
                            {f"tasks-{forge}": app.url for forge, app in apps.items()})
-    secret_file = write_secret(root)
     with served(control, root / "state") as service:
         for forge, app in apps.items():
-            install_post_receive(app.bare, service.hook_url(forge), forge, secret_file)
+            install_post_receive(app.bare, service.hook_url(forge), forge, write_app_secret(root, f"tasks-{forge}"))
         yield {"apps": apps, "gitops": gitops, "service": service}
     assert service.problems() == []  # no 5xx answer, no traceback in the service's log
 
@@ -259,7 +259,7 @@ def test_service_killed_while_a_job_runs_completes_it_after_restart(tmp_path: Pa
     service = ServedCupaas(control, tmp_path / "state", workers=1)
     try:
         service.start()
-        install_post_receive(app.bare, service.hook_url("github"), "github", write_secret(tmp_path))
+        install_post_receive(app.bare, service.hook_url("github"), "github", write_app_secret(tmp_path, "slow"))
         # New bytes every run, so the engine's build cache never skips the sleep.
         sha, answer = commit_and_push(app, "Slow build", {"VERSION": f"{uuid.uuid4()}\n"})
         [job_id] = answer.job_ids
@@ -292,12 +292,11 @@ def test_burst_of_pushes_ends_at_each_apps_newest_commit(tmp_path: Path, registr
     apps = {name: make_app_repo(tmp_path, name) for name in names}
     gitops = make_gitops_repo(tmp_path)
     control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {n: a.url for n, a in apps.items()})
-    secret_file = write_secret(tmp_path)
     pushed: dict[str, list[tuple[str, str]]] = {name: [] for name in names}  # app -> [(commit, job id)]
 
     with served(control, tmp_path / "state", workers=2) as service:
-        for app in apps.values():
-            install_post_receive(app.bare, service.hook_url("github"), "github", secret_file)
+        for name, app in apps.items():
+            install_post_receive(app.bare, service.hook_url("github"), "github", write_app_secret(tmp_path, name))
 
         def push_four(name: str) -> None:
             for k in range(4):

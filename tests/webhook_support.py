@@ -29,6 +29,7 @@ from deploy_support import GIT_ENV, AppRepo, git
 from loopback import HTTP, free_port
 
 from webhook.app import SECRET_ENV
+from webhook.events import app_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "cupaas-e2e-secret-8d41f0c2"
@@ -40,11 +41,16 @@ _SERVER_ERROR = re.compile(r'" 5\d\d \d+ "')  # gunicorn's access log: "GET /pat
 
 
 
-def write_secret(directory: Path, secret: str = SECRET) -> Path:
-    path = directory / "webhook-secret"
+def write_secret(directory: Path, secret: str = SECRET, name: str = "webhook-secret") -> Path:
+    path = directory / name
     path.write_text(secret + "\n")
     path.chmod(0o600)
     return path
+
+
+def write_app_secret(directory: Path, app: str, master: str = SECRET) -> Path:
+    """The secret file of ``app``'s hook: its secret derived from the service's master secret."""
+    return write_secret(directory, app_secret(master.encode(), app).decode(), name=f"webhook-secret-{app}")
 
 
 def cupaas_command() -> list[str]:

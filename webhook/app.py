@@ -7,8 +7,9 @@ views only translate HTTP to calls on it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ from werkzeug.exceptions import HTTPException
 
 from generator.builder import Builder, DockerBuilder
 from generator.deploy import default_state_dir
-from generator.errors import UserError
+from generator.errors import CupaasError, UserError
 
 from .control import ControlSource
-from .events import MAX_BODY
+from .events import MAX_BODY, Key, Keyring, app_secret
 from .jobs import Job, SqliteJobQueue
 from .metrics import Metrics
+from .repo_urls import repo_matches
 from .service import Service
 from .worker import JobOutcome, WorkerPool
 
@@ -37,7 +39,7 @@ class Runtime:
     queue: SqliteJobQueue
     pool: WorkerPool
     metrics: Metrics
-    secret: bytes | None
+    secret: Keyring | None
 
     def close(self) -> None:
         # Within gunicorn's graceful timeout (30 s): let a running job end, else put it back in the queue.
@@ -46,7 +48,37 @@ class Runtime:
         self.queue.close()
 
 
-def _secret(config: Mapping[str, Any]) -> bytes | None:
+@dataclass(frozen=True)
+class AppKeyring:
+    """The keys of design section 9: a push is trusted only with the secret of the app whose repo it names.
+
+    A push naming an app's repository is verified with the secret of the app(s) registered for it
+    (:func:`webhook.events.app_secret`); the control repo's own hook, and a repository no app is
+    registered for (answered "not for us"), with the master secret. ``registered`` gives the current
+    control repo's apps as {name: repo URL}.
+    """
+
+    master: bytes
+    control_url: str | None
+    registered: Callable[[], Mapping[str, str]]
+
+    def keys_for(self, claimed: Sequence[str]) -> Sequence[Key]:
+        try:
+            apps = self.registered()
+        except CupaasError:
+            apps = {}  # only the master verifies, and the service then answers with the control repo's error
+        keys = [Key(f"the webhook secret of app {name}", app_secret(self.master, name), partial(repo_matches, repo))
+                for name, repo in sorted(apps.items()) if any(repo_matches(repo, url) for url in claimed)]
+        control = self.control_url
+        if not keys or (control and any(repo_matches(control, url) for url in claimed)):
+            repos = list(apps.values())
+            keys.append(Key("the master webhook secret", self.master,
+                            lambda url: not any(repo_matches(repo, url) for repo in repos)))
+        return keys
+
+
+def master_secret(config: Mapping[str, Any]) -> bytes | None:
+    """The master webhook secret (config WEBHOOK_SECRET, else $CUPAAS_WEBHOOK_SECRET); None: checks disabled."""
     if config.get("INSECURE_NO_SIGNATURE"):
         return None
     value = config.get("WEBHOOK_SECRET") or os.environ.get(SECRET_ENV)
@@ -60,7 +92,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     """Fail early, with the fix, on what would stop the service from starting (used before forking)."""
     if not config.get("CONTROL"):
         raise UserError("the service needs a control repo: a directory or a git URL")
-    _secret(config)
+    master_secret(config)
     state_dir = Path(config.get("STATE_DIR") or default_state_dir())
     state_dir.mkdir(parents=True, exist_ok=True)
     ControlSource(str(config["CONTROL"]), state_dir, config.get("CONTROL_BRANCH", "main")).refresh()
@@ -77,7 +109,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.get("MAX_CONTENT_LENGTH", MAX_BODY)
     state_dir = Path(settings.get("STATE_DIR") or default_state_dir())
     state_dir.mkdir(parents=True, exist_ok=True)
-    secret = _secret(settings)
+    master = master_secret(settings)
 
     control = ControlSource(str(settings["CONTROL"]), state_dir, settings.get("CONTROL_BRANCH", "main"))
     control.refresh()  # a control repo URL that cannot be fetched stops the start, with the reason
@@ -91,7 +123,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         metrics.jobs_finished.labels(kind=job.kind, state=outcome.state).inc()
 
     pool = WorkerPool(queue, service.run_job, threads=int(settings.get("WORKER_THREADS", 2)), on_finish=finished)
-    runtime = Runtime(service=service, queue=queue, pool=pool, metrics=metrics, secret=secret)
+    keyring = None
+    if master is not None:
+        def registered() -> dict[str, str]:
+            # The service's cached load of the control repo, read on every push anyway.
+            return {app.name: app.repo for app in service._control_repo().apps.values()}
+
+        keyring = AppKeyring(master, control.url, registered)
+    runtime = Runtime(service=service, queue=queue, pool=pool, metrics=metrics, secret=keyring)
     app.extensions["cupaas"] = runtime
 
     from .views import health, hooks, jobs

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import click
 
+from generator import names
 from generator.cli import cli, user_errors
+from generator.errors import UserError
 
-from .app import check_config
+from .app import SECRET_ENV, check_config, master_secret
 from .serve import serve as run
 
 
@@ -39,6 +41,41 @@ def serve(control: str, host: str, port: int, state_dir: Path | None, control_br
     check_config(config)
     click.echo(f"-----> cupaas serve: {control} on http://{host}:{port} ({workers} job worker(s))", err=True)
     run(config, host, port)
+
+
+@cli.command(name="webhook-secret")
+@click.argument("control")
+@click.argument("app")
+@click.option("--control-branch", default="main", show_default=True, help="Branch of a control repo URL.")
+@user_errors
+def webhook_secret(control: str, app: str, control_branch: str) -> None:
+    """Print the webhook secret of APP, registered in CONTROL (a control repo directory or git URL).
+
+    Configure it on the hook of APP's repository. It is derived from $CUPAAS_WEBHOOK_SECRET and the app
+    name, so nothing is stored; the control repo's own hook uses $CUPAAS_WEBHOOK_SECRET itself.
+    """
+    import os
+    import tempfile
+
+    from generator.loading import load_control_repo
+
+    from .control import ControlSource
+    from .events import app_secret
+
+    if not os.environ.get(SECRET_ENV):
+        raise UserError(f"set {SECRET_ENV} to the master webhook secret of the service (what `cupaas serve` "
+                        "runs with): app secrets are derived from it")
+    master = master_secret({})
+    assert master is not None
+    if not names.is_app_name(app):
+        raise UserError(f"app {app!r}: not a valid app name: {names.APP_NAME_RULE}")
+    # A URL is exported into a directory of this command's own, never into the service's state dir.
+    with tempfile.TemporaryDirectory(prefix="cupaas-webhook-secret-") as state:
+        source = ControlSource(control, Path(state), control_branch)
+        source.refresh()
+        registered = load_control_repo(source.current(), check_cert=False)
+        registered.app(app)
+    click.echo(app_secret(master, app).decode("ascii"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

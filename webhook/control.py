@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from generator.app_source import AppSource
+from generator.errors import UserError
 from generator.gitops_repo import redact
 
 KEEP_VERSIONS = 3
@@ -26,9 +27,13 @@ class ControlSource:
         self.branch = branch
         self._lock = threading.Lock()
         candidate = Path(location)
-        if "://" not in location and not location.startswith("git@") and candidate.is_dir():
+        # git's rule: a colon before any slash makes an scp-like address (host:path, git@host:path).
+        is_path = "://" not in location and ":" not in location.split("/", 1)[0]
+        if is_path and candidate.is_dir():
             self.url: str | None = None
             self._dir = candidate.resolve()
+        elif is_path and not candidate.exists():
+            raise UserError(f"{location}: no such directory; give the control repo's directory or its git URL")
         else:
             self.url = location
             self._root = state_dir / "control"

@@ -36,11 +36,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from generator.atomic_file import write_atomic
 from generator.errors import UserError
 from generator.images.base_images import BaseImages
 from generator.loading import load_platform
 from generator.plugins import builtin_dir
 
+from .events import app_secret
 from .git_hook import install_post_receive
 
 APP = "tasks"
@@ -180,6 +182,12 @@ class Demo:
         if not path.exists():
             path.write_text(secrets.token_hex(24))
             path.chmod(0o600)
+        return path
+
+    def app_secret_file(self, app: str) -> Path:
+        """The secret of ``app``'s hook, derived from the master secret as `cupaas webhook-secret` prints it."""
+        path = self.root / f"webhook-secret-{app}"
+        write_atomic(path, app_secret(self.secret_file().read_bytes(), app), mode=0o600)
         return path
 
     def seed_control(self, work: Path) -> None:
@@ -472,7 +480,7 @@ def run_demo(root: Path, registry: str, pypi_mirror: str, once: bool, echo: Echo
             service = demo.start_service(_free_port())
             echo(f"       {service} (log: {root}/service.log)")
         install_post_receive(demo.bare(APP), f"{service}/hooks/github", forge="github",
-                             secret_file=demo.secret_file())
+                             secret_file=demo.app_secret_file(APP))
         with demo.step("git push: a new commit of the app (the post-receive hook posts a signed push)"):
             commit, job_id = demo.push_change()
         echo(f"-----> Following job {job_id} (commit {commit[:12]})")

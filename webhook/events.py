@@ -6,8 +6,11 @@ request headers, the raw body and the webhook secret. It answers with the branch
 :class:`WebhookError` carrying the HTTP status. Checks run in this order, each one final:
 
 1. size: more than :data:`MAX_BODY` bytes is 413;
-2. authenticity, over the raw body bytes and before anything in the body is read: a missing or wrong
-   signature (or GitLab token) is 401;
+2. authenticity, over the raw body bytes and before the body is parsed: a missing or wrong signature
+   (or GitLab token) is 401. Each app has its own webhook secret (:func:`app_secret`, derived from the
+   master secret); a :class:`Keyring` says which secrets to try for the repository the body claims
+   (found by a scan, :func:`claimed_urls`, that builds no objects), and a verified push may only name
+   repositories the matching secret is for (else 403);
 3. shape: a body that is not the forge's JSON, or lacks a field a push needs, is 400;
 4. kind: ping, other events, tags, branch deletions and test deliveries (``before == after``) are ignored.
 
@@ -26,8 +29,10 @@ import json
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import islice
+from typing import Protocol
 
 from generator.errors import UserError
 
@@ -79,6 +84,12 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 # What git refuses in a branch name (check-ref-format), checked before the name travels on.
 _BAD_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|^-|\.\Z")
 _BITBUCKET_FULL_NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+# The fields that name a push's repository in any forge's body (clone, ssh and web URLs; Bitbucket's
+# full name), as JSON string members: what claimed_urls() looks for in a body not yet verified.
+_CLAIM = re.compile(rb'"(clone_url|ssh_url|html_url|git_http_url|git_ssh_url|web_url|full_name)"[ \t\r\n]*:'
+                    rb'[ \t\r\n]*"((?:[^"\\\x00-\x1f]|\\[^\x00-\x1f]){1,2000})"')
+MAX_CLAIMS = 64
+APP_SECRET_CONTEXT = b"cupaas-webhook-app:"
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,33 @@ class Ignored:
     delivery: str | None
 
 
+def app_secret(master: bytes, app: str) -> bytes:
+    """The webhook secret of ``app``'s repository hook: HMAC-SHA256(master, "cupaas-webhook-app:" + app), hex.
+
+    Derived, so nothing new is stored: `cupaas webhook-secret CONTROL APP` prints it for the forge, and
+    the service recomputes it. Knowing one app's secret tells nothing about the master or another app's.
+    """
+    return hmac.new(master, APP_SECRET_CONTEXT + app.encode("utf-8"), hashlib.sha256).hexdigest().encode("ascii")
+
+
+@dataclass(frozen=True)
+class Key:
+    """A secret a delivery may be verified with, and the repositories a push verified with it may name."""
+
+    name: str  # for messages, e.g. "the webhook secret of app tasks"; never the secret itself
+    secret: bytes
+    allows: Callable[[str], bool]  # whether a push verified with this key may name this repository URL
+
+
+class Keyring(Protocol):
+    """Which keys to try for a delivery, from the repository URLs its (not yet verified) body claims."""
+
+    def keys_for(self, claimed: Sequence[str]) -> Sequence[Key]: ...
+
+
 class WebhookError(UserError):
-    """A request refused with ``status``: 400 malformed, 401 not authenticated, 404 unknown forge, 413 too large.
+    """A request refused with ``status``: 400 malformed, 401 not authenticated, 403 signed with a secret
+    that is not for the repository the push names, 404 unknown forge, 413 too large.
 
     ``message`` is safe to return to the client: it names headers and fields, never values or the secret.
     """
@@ -118,40 +154,93 @@ class WebhookError(UserError):
 
 
 def parse_webhook(
-    forge: str, headers: Headers, body: bytes, secret: bytes | None, *, now: float | None = None
+    forge: str, headers: Headers, body: bytes, secret: bytes | Keyring | None, *, now: float | None = None
 ) -> list[PushEvent] | Ignored:
     """Verify and read one delivery to ``/hooks/<forge>``.
 
     ``headers`` is a mapping or, like werkzeug's ``Headers``, an iterable of (name, value) pairs; names
-    are case-insensitive. ``secret`` is the shared webhook secret; ``None`` means the operator disabled
-    verification, and then unsigned requests are accepted. ``now`` (Unix seconds) is for tests of
-    GitLab's signing-token timestamps.
+    are case-insensitive. ``secret`` is a :class:`Keyring` (the service's: per-app secrets), or one
+    secret that verifies every push; ``None`` means the operator disabled verification, and then
+    unsigned requests are accepted. ``now`` (Unix seconds) is for tests of GitLab's signing-token
+    timestamps.
 
     Returns a non-empty list of branch pushes (Bitbucket Cloud can report several branches in one
-    delivery; the other forges send one ref per delivery) or :class:`Ignored`.
+    delivery; the other forges send one ref per delivery) or :class:`Ignored`. With a keyring, each
+    push keeps only the repository URLs the key that verified it is for.
     """
     if forge not in FORGES:
         raise WebhookError(404, f"unknown forge; webhooks are taken for {', '.join(FORGES)}")
     if len(body) > MAX_BODY:
         raise WebhookError(413, f"body is larger than {MAX_BODY} bytes")
-    if secret is not None and not secret:
-        # An empty key makes every HMAC computable by anyone, and an empty GitLab token matches an
-        # empty header: refuse to run rather than accept forged requests.
-        raise ValueError("the webhook secret is empty; set one, or disable verification explicitly")
     h = _normalise_headers(headers)
+    key = None
     if secret is not None:
-        if forge == "gitlab":
-            _verify_gitlab(h, body, secret, time.time() if now is None else now)
+        if isinstance(secret, bytes):
+            keys: Sequence[Key] = [Key("the webhook secret", secret, lambda url: True)]
         else:
-            _verify_hex_signatures(forge, h, body, secret)
-    return _PARSERS[forge](h, body, _delivery(forge, h))
+            keys = secret.keys_for(claimed_urls(forge, h, body))
+        if any(not k.secret for k in keys):
+            # An empty key makes every HMAC computable by anyone, and an empty GitLab token matches an
+            # empty header: refuse to run rather than accept forged requests.
+            raise ValueError("the webhook secret is empty; set one, or disable verification explicitly")
+        if forge == "gitlab":
+            key = _verify_gitlab(h, body, keys, time.time() if now is None else now)
+        else:
+            key = _verify_hex_signatures(forge, h, body, keys)
+    parsed = _PARSERS[forge](h, body, _delivery(forge, h))
+    if key is None or isinstance(parsed, Ignored):
+        return parsed
+    return [_scoped(event, key) for event in parsed]
+
+
+def _scoped(event: PushEvent, key: Key) -> PushEvent:
+    """The push with only the repository URLs ``key`` vouches for; none left is a 403."""
+    urls = tuple(url for url in event.repo_urls if key.allows(url))
+    if not urls:
+        raise WebhookError(403, f"the push is signed with {key.name}, which is not for the repository it names; "
+                                "its hook must use the webhook secret of the app registered for that "
+                                "repository (`cupaas webhook-secret CONTROL APP`)")  # fmt: skip
+    return replace(event, repo_urls=urls)
+
+
+def claimed_urls(forge: str, headers: Mapping[str, str], body: bytes) -> tuple[str, ...]:
+    """The repository URLs a body claims, found before it is verified, so only to choose keys to try.
+
+    A scan of the raw bytes for the URL fields (at most :data:`MAX_CLAIMS`), without parsing the JSON:
+    an unverified body must cost no more than reading it. ``headers`` have lowercased names. A claim
+    that is wrong only makes verification fail: what a verified push may name is checked after parsing.
+    """
+    text = body
+    if _content_type(headers) == _FORM:  # GitHub's form body: payload=<URL-encoded JSON>
+        text = urllib.parse.unquote_to_bytes(body.replace(b"+", b" "))
+    urls: list[str] = []
+    for match in islice(_CLAIM.finditer(text), MAX_CLAIMS):
+        try:
+            value = json.loads(b'"' + match[2] + b'"')
+        except ValueError:  # a bad escape, or bytes that are not UTF-8
+            continue
+        if match[1] != b"full_name":
+            urls.append(value)
+        elif forge == "bitbucket" and _BITBUCKET_FULL_NAME.fullmatch(value):
+            urls += _bitbucket_urls(value)
+    return tuple(dict.fromkeys(urls))
+
+
+def _bitbucket_urls(full_name: str) -> list[str]:
+    """Bitbucket Cloud's payload carries no clone URLs; they are fixed by the repository's full name."""
+    return [f"https://bitbucket.org/{full_name}.git", f"git@bitbucket.org:{full_name}.git"]
 
 
 # --- authenticity -------------------------------------------------------------------------------------
 
 
-def _verify_hex_signatures(forge: str, h: Mapping[str, str], body: bytes, secret: bytes) -> None:
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode("ascii")
+_WRONG_SECRET = ("the hook must use the webhook secret of the app registered for this repository "
+                 "(`cupaas webhook-secret CONTROL APP`; the control repo's own hook: $CUPAAS_WEBHOOK_SECRET)")
+
+
+def _verify_hex_signatures(forge: str, h: Mapping[str, str], body: bytes, keys: Sequence[Key]) -> Key:
+    """The key every signature header sent matches (at least one must be sent); else 401."""
+    expected = [(key, hmac.new(key.secret, body, hashlib.sha256).hexdigest().encode("ascii")) for key in keys]
     names = [name for name, _prefix in _HEX_SIGNATURES[forge]]
     checked = False
     for name, prefix in _HEX_SIGNATURES[forge]:
@@ -160,40 +249,44 @@ def _verify_hex_signatures(forge: str, h: Mapping[str, str], body: bytes, secret
             continue  # absent, or sent empty by a hook without a secret
         if not value.lower().startswith(prefix):
             raise WebhookError(401, f"{name} must have the form {prefix}<hex HMAC-SHA256 of the body>")
-        if not hmac.compare_digest(expected, _header_bytes(value[len(prefix):]).lower()):
+        sent = _header_bytes(value[len(prefix):]).lower()
+        expected = [(key, digest) for key, digest in expected if hmac.compare_digest(digest, sent)]
+        if not expected:
             hint = ""
             if forge == "gitea" and _content_type(h) == _FORM:
                 hint = " (Gitea and Forgejo sign the JSON, not a form body: set the hook's content type to JSON)"
-            raise WebhookError(401, f"{name} does not match the body; the forge must use the same webhook "
-                                    f"secret as cupaas{hint}")  # fmt: skip
+            raise WebhookError(401, f"{name} does not match the body; {_WRONG_SECRET}{hint}")
         checked = True
     if not checked:
         raise WebhookError(401, f"request is not signed (no {' or '.join(names)} header with a value); "
                                 "set the webhook secret on the forge")  # fmt: skip
+    return expected[0][0]
 
 
-def _verify_gitlab(h: Mapping[str, str], body: bytes, secret: bytes, now: float) -> None:
+def _verify_gitlab(h: Mapping[str, str], body: bytes, keys: Sequence[Key], now: float) -> Key:
     """GitLab's secret token (sent verbatim) and, where configured, its signing token; each one sent must pass."""
     checked = False
     token = h.get("x-gitlab-token", "")
     if token:
         # Hashing first makes the compare constant-time in the length of the secret as well.
-        sent, wanted = hashlib.sha256(_header_bytes(token)).digest(), hashlib.sha256(secret).digest()
-        if not hmac.compare_digest(sent, wanted):
-            raise WebhookError(401, "X-Gitlab-Token does not match; the hook's secret token must be the "
-                                    "webhook secret of cupaas")  # fmt: skip
+        sent = hashlib.sha256(_header_bytes(token)).digest()
+        keys = [key for key in keys if hmac.compare_digest(sent, hashlib.sha256(key.secret).digest())]
+        if not keys:
+            raise WebhookError(401, f"X-Gitlab-Token does not match; as its secret token, {_WRONG_SECRET}")
         checked = True
     signatures = h.get("webhook-signature", "")
     if signatures:
-        _verify_standard_webhook(h, body, secret, signatures, now)
+        keys = _verify_standard_webhook(h, body, keys, signatures, now)
         checked = True
     if not checked:
         raise WebhookError(401, "request is not authenticated (no X-Gitlab-Token or webhook-signature "
                                 "header); set the hook's secret token on GitLab")  # fmt: skip
+    return keys[0]
 
 
-def _verify_standard_webhook(h: Mapping[str, str], body: bytes, secret: bytes, signatures: str, now: float) -> None:
-    """GitLab's signing token, in the Standard Webhooks format (notes/forges.md section 1)."""
+def _verify_standard_webhook(h: Mapping[str, str], body: bytes, keys: Sequence[Key], signatures: str,
+                             now: float) -> list[Key]:
+    """GitLab's signing token, in the Standard Webhooks format (notes/forges.md section 1): the keys that match."""
     msg_id, timestamp = h.get("webhook-id", ""), h.get("webhook-timestamp", "").strip()
     if not msg_id or not timestamp:
         raise WebhookError(401, "webhook-signature needs the webhook-id and webhook-timestamp headers")
@@ -203,16 +296,20 @@ def _verify_standard_webhook(h: Mapping[str, str], body: bytes, secret: bytes, s
         # Without this, a captured delivery could be replayed for ever.
         raise WebhookError(401, f"webhook-timestamp is more than {TIMESTAMP_TOLERANCE:.0f} seconds away from "
                                 "this server's clock (a replayed request, or a clock to set right)")  # fmt: skip
-    key = _signing_key(secret)
-    if key is None:
+    signing = [(key, k) for key in keys if (k := _signing_key(key.secret)) is not None]
+    if not signing:
         raise WebhookError(401, "webhook-signature cannot be checked: the webhook secret of cupaas is not a "
                                 "GitLab signing token (whsec_<base64>)")  # fmt: skip
     signed = _header_bytes(msg_id) + b"." + timestamp.encode("ascii") + b"." + body
-    expected = b"v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
+    sent = [_header_bytes(s) for s in signatures.split()]
     # Several space-separated signatures are allowed (key rotation); one matching is enough.
-    if not any(hmac.compare_digest(expected, _header_bytes(sent)) for sent in signatures.split()):
+    matched = [key for key, k in signing
+               if any(hmac.compare_digest(b"v1," + base64.b64encode(hmac.new(k, signed, hashlib.sha256).digest()), s)
+                      for s in sent)]
+    if not matched:
         raise WebhookError(401, "webhook-signature does not match the body; the hook's signing token must be "
                                 "the webhook secret of cupaas")  # fmt: skip
+    return matched
 
 
 def _signing_key(secret: bytes) -> bytes | None:
@@ -372,8 +469,7 @@ def _parse_bitbucket(h: Mapping[str, str], body: bytes, delivery: str | None) ->
     full_name = _string(repository, "full_name", "repository")
     if not _BITBUCKET_FULL_NAME.fullmatch(full_name):
         raise WebhookError(400, "field 'repository.full_name' must be workspace/repo_slug")
-    # The payload carries no clone URLs; Bitbucket Cloud's are fixed by the full name.
-    urls = [f"https://bitbucket.org/{full_name}.git", f"git@bitbucket.org:{full_name}.git"]
+    urls = _bitbucket_urls(full_name)
     links = repository.get("links")
     html = links.get("html") if isinstance(links, dict) else None
     if isinstance(html, dict) and isinstance(html.get("href"), str) and html["href"]:
