@@ -14,6 +14,11 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_PREFIX = "cupaas.dev/"
 WEB_COMPONENT = "web"
+RELEASE_COMPONENT = "release"
+# Argo CD hook and sync-wave annotations of the release phase (see docs/architecture.md, "Process types").
+ARGOCD_HOOK = "argocd.argoproj.io/hook"
+ARGOCD_HOOK_DELETE_POLICY = "argocd.argoproj.io/hook-delete-policy"
+ARGOCD_SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,28 @@ class AppLayout:
     @property
     def deployment(self) -> str:
         return self.app
+
+    def process_deployment(self, process_type: str) -> str:
+        """The Deployment of a Procfile process type other than web (worker, clock, ...)."""
+        return f"{self.app}-{process_type}"
+
+    def process_file(self, process_type: str) -> str:
+        return f"{self.base}/process-{process_type}.yaml"
+
+    @property
+    def release_job(self) -> str:
+        """The Job of the release phase, run by Argo CD before the app's workloads roll out."""
+        return f"{self.app}-release"
+
+    @property
+    def release_job_file(self) -> str:
+        return f"{self.base}/release-job.yaml"
+
+    def cron_job(self, name: str) -> str:
+        return f"{self.app}-{name}"
+
+    def cron_job_file(self, name: str) -> str:
+        return f"{self.base}/cron-{name}.yaml"
 
     @property
     def service(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import names
+from . import names, processes
 from .errors import UserError, ValidationError, ValidationErrors
 from .models import (
     AppConfig,
@@ -243,6 +243,7 @@ def app_from_raw(name: str, raw: dict[str, Any], file: str) -> AppRegistration:
         secrets=secrets,
         replicas=raw.get("replicas", 1),
         domains=tuple(raw.get("domains", ())),
+        processes=dict(sorted(raw.get("processes", {}).items())),
     )
 
 
@@ -358,6 +359,7 @@ def parse_app_config(text: str, file: str = DOTCUPAAS) -> AppConfig:
     run_error = command_error(raw["run"], file, "run") if isinstance(raw.get("run"), str) else None
     if run_error:
         found.append(run_error)
+    found.extend(processes.config_errors(raw, file))
     if found:
         raise ValidationErrors(found)
     return AppConfig(
@@ -367,6 +369,8 @@ def parse_app_config(text: str, file: str = DOTCUPAAS) -> AppConfig:
         port=raw.get("port", 8080),
         healthcheck=raw.get("healthcheck"),
         dockerfile=raw.get("dockerfile"),
+        release=raw.get("release"),
+        cron=processes.cron_from_raw(raw.get("cron", [])),
     )
 
 
@@ -398,7 +402,8 @@ def release_from_record(raw: Any, file: str, app: str) -> Release:
         if errors:
             raise ValidationErrors(errors)
         return Release(app=app, commit=str(commit) if commit else None, image=image, config=config,
-                       start_command=start_command, start_command_source=str(start_command_source))
+                       start_command=start_command, start_command_source=str(start_command_source),
+                       processes=processes.recorded_processes(raw.get("processes"), file))
     except KeyError as e:
         raise ValidationError(file, str(e.args[0]), "is missing; re-deploy the app to rewrite the record") from None
     except ValueError as e:

@@ -43,5 +43,12 @@ def generated(data: Any, comment: str | None = None) -> str:
     return HEADER + note + to_yaml(data)
 
 
+def generated_documents(documents: list[Any], comment: str | None = None) -> str:
+    """A generated file of several YAML documents (one a ``---`` block), in the order given."""
+    if len(documents) == 1:
+        return generated(documents[0], comment)
+    return generated(documents[0], comment) + "".join("---\n" + to_yaml(d) for d in documents[1:])
+
+
 def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a safe loader (C or Python), never the full one

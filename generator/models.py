@@ -69,6 +69,23 @@ class AppRegistration:
     secrets: Mapping[str, str] = field(default_factory=dict)  # sealed ciphertexts only
     replicas: int = 1
     domains: tuple[str, ...] = ()
+    # Replicas of each Procfile process type other than web (web has `replicas`); a type not listed runs 1.
+    processes: Mapping[str, int] = field(default_factory=dict)
+
+    def process_replicas(self, process_type: str) -> int:
+        return self.processes.get(process_type, 1)
+
+
+@dataclass(frozen=True)
+class CronEntry:
+    """One `cron:` entry of `.cupaas`: a command the cluster runs on a schedule (a CronJob)."""
+
+    name: str
+    schedule: str  # five cron fields, or a @daily-style macro
+    command: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "schedule": self.schedule, "command": self.command}
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,8 @@ class AppConfig:
     port: int = 8080
     healthcheck: str | None = None
     dockerfile: str | None = None  # build with the app's own Dockerfile instead of the runtime's
+    release: str | None = None  # the release phase command; else the Procfile's release: line
+    cron: tuple[CronEntry, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The record written to release.yaml; omits unset optional fields so it stays short."""
@@ -94,6 +113,10 @@ class AppConfig:
             out["healthcheck"] = self.healthcheck
         if self.dockerfile is not None:
             out["dockerfile"] = self.dockerfile
+        if self.release is not None:
+            out["release"] = self.release
+        if self.cron:
+            out["cron"] = [entry.as_dict() for entry in self.cron]
         return out
 
 
@@ -160,6 +183,8 @@ class BuildPlan:
     dockerfile: str  # full Dockerfile text the builder uses
     base_image: str | None = None  # the runtime's base image (the generated Dockerfile's FROM)
     mirror: str | None = None  # the `mirrors.<name>` of cupaas.yaml the dependency install needs
+    # The Procfile's process types other than web (release: included), type → command.
+    processes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,3 +197,19 @@ class Release:
     config: AppConfig
     start_command: str | None
     start_command_source: str
+    # The Procfile's process types other than web (release: included), type → command, sorted by type.
+    processes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def release_command(self) -> tuple[str, str] | None:
+        """The release phase (command, where it comes from): `.cupaas` release, else the Procfile's."""
+        if self.config.release:
+            return self.config.release, ".cupaas release"
+        if "release" in self.processes:
+            return self.processes["release"], "Procfile release:"
+        return None
+
+    @property
+    def worker_types(self) -> tuple[str, ...]:
+        """The process types that run as their own Deployment: every Procfile type but web and release."""
+        return tuple(sorted(t for t in self.processes if t != "release"))

@@ -100,12 +100,14 @@ def release_for(control: ControlRepo, gitops_dir: Path, app: str, source_dir: st
         raise UserError(f"app {app!r}: no .cupaas; pass --source {app}=DIR (nothing is recorded in {gitops_dir})")
     commit = recorded.commit if recorded.image == image else commit_of(image)
     return Release(app=app, commit=commit, image=image, config=recorded.config,
-                   start_command=recorded.start_command, start_command_source=recorded.start_command_source)
+                   start_command=recorded.start_command, start_command_source=recorded.start_command_source,
+                   processes=recorded.processes)
 
 
 def release_of(app: str, config: AppConfig, plan: BuildPlan, image: ImageRef, commit: str | None) -> Release:
     return Release(app=app, commit=commit or commit_of(image), image=image, config=config,
-                   start_command=plan.start_command, start_command_source=plan.start_command_source)
+                   start_command=plan.start_command, start_command_source=plan.start_command_source,
+                   processes=plan.processes)
 
 
 def commit_of(image: ImageRef) -> str | None:

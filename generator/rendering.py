@@ -18,11 +18,22 @@ from urllib.parse import quote
 import jinja2
 import yaml
 
-from .errors import UserError, ValidationError
-from .layout import ANNOTATION_PREFIX, HEADER, AppLayout
-from .manifests import generated, read_yaml
+from .errors import UserError, ValidationError, ValidationErrors
+from .layout import (
+    ANNOTATION_PREFIX,
+    APPS_DIR,
+    ARGOCD_HOOK,
+    ARGOCD_HOOK_DELETE_POLICY,
+    ARGOCD_SYNC_WAVE,
+    HEADER,
+    RELEASE_COMPONENT,
+    WEB_COMPONENT,
+    AppLayout,
+)
+from .manifests import generated, generated_documents, read_yaml
 from .models import AppRegistration, Platform, Release
 from .plugins import Plugin, builtin_dir, platform_default
+from .processes import CRON_JOB_NAME_MAX, registration_errors
 
 Files = dict[str, str]
 SEALED_SECRET_SUFFIX = ".sealedsecret.yaml"
@@ -63,6 +74,7 @@ def _template(text: str) -> jinja2.Template:
 def render_app(inputs: AppInputs, sealer: Sealer | None, new_secret: Callable[[int], str]) -> Files:
     """All files of one app (base, components, overlay, release record), keyed by GitOps path."""
     layout = AppLayout(inputs.app.name, inputs.platform.environment)
+    _check_processes(inputs, layout)
     files: Files = {}
     files.update(_base(inputs, layout))
     overlay_resources: list[str] = []
@@ -106,8 +118,9 @@ def render_app(inputs: AppInputs, sealer: Sealer | None, new_secret: Callable[[i
     overlay_resources.append("ingress.yaml")
 
     checksum = hashlib.sha256(json.dumps(checksum_parts, sort_keys=True).encode()).hexdigest()
-    files[f"{layout.overlay}/deployment-patch.yaml"] = generated(
-        _config_patch(layout, checksum),
+    names = [layout.deployment, *(layout.process_deployment(t) for t in inputs.release.worker_types)]
+    files[f"{layout.overlay}/deployment-patch.yaml"] = generated_documents(
+        [_config_patch(name, checksum) for name in names],
         "Restarts the pods when env values or secrets change (like a Heroku config change).",
     )
     files[f"{layout.overlay}/kustomization.yaml"] = generated(
@@ -119,55 +132,200 @@ def render_app(inputs: AppInputs, sealer: Sealer | None, new_secret: Callable[[i
 
 
 PRE_STOP_SECONDS = 5
+# The release phase: one attempt (as on Heroku: a failed migration is not retried blindly), bounded in time.
+RELEASE_BACKOFF_LIMIT = 0
+RELEASE_DEADLINE_SECONDS = 900
+# Argo CD applies a sync wave, waits until it is healthy, then applies the next. The release Job is a
+# Sync hook in the wave between what it needs (ServiceAccount, ConfigMap, SealedSecrets, add-ons: wave 0)
+# and what it guards (the app's workloads and Ingress): a failing release fails the sync before them.
+# Not a PreSync hook: PreSync runs before anything of the sync is applied, so on a first deploy the
+# ServiceAccount and ConfigMap it uses do not exist yet, and later it would run with the previous env.
+RELEASE_WAVE = "1"
+AFTER_RELEASE_WAVE = "2"
+CRON_HISTORY_LIMIT = 3
+CRON_STARTING_DEADLINE_SECONDS = 300
+CRON_TIME_ZONE = "Etc/UTC"
 
 
-def _base(inputs: AppInputs, layout: AppLayout) -> Files:
-    release, config = inputs.release, inputs.release.config
-    container: dict[str, Any] = {"name": "web", "image": layout.app}
-    if release.start_command:
-        # The start command is in the manifest so that a reviewer sees what will run.
-        container["command"] = ["/bin/sh", "-c", f"exec {release.start_command}"]
-    container["ports"] = [{"name": "http", "containerPort": config.port, "protocol": "TCP"}]
-    container["env"] = [{"name": "PORT", "value": str(config.port)}]
+def _after_release(inputs: AppInputs) -> dict[str, str]:
+    """Annotations of an object that must wait for the release phase (none without one)."""
+    return {ARGOCD_SYNC_WAVE: AFTER_RELEASE_WAVE} if inputs.release.release_command else {}
+
+
+def _shell(command: str) -> list[str]:
+    return ["/bin/sh", "-c", f"exec {command}"]
+
+
+def _container(name: str, command: str | None, inputs: AppInputs, layout: AppLayout) -> dict[str, Any]:
+    """A container of the app's image with its env; the web container adds its port, probes and preStop."""
+    container: dict[str, Any] = {"name": name, "image": layout.app}
+    if command:
+        # The command is in the manifest so that a reviewer sees what will run.
+        container["command"] = _shell(command)
+    if name == WEB_COMPONENT:
+        port = inputs.release.config.port
+        container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        container["env"] = [{"name": "PORT", "value": str(port)}]
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": layout.config_map}}]
     if inputs.app.secrets:
         env_from.append({"secretRef": {"name": layout.secret}})
     container["envFrom"] = env_from
-    probe: dict[str, Any]
-    if config.healthcheck:
-        probe = {"httpGet": {"path": config.healthcheck, "port": "http"}}
-    else:
-        probe = {"tcpSocket": {"port": "http"}}
-    container["startupProbe"] = {**probe, "periodSeconds": 2, "failureThreshold": 60}
-    container["readinessProbe"] = {**probe, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3}
-    container["livenessProbe"] = {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3}
+    if name == WEB_COMPONENT:
+        container.update(_probes(inputs))
     container["resources"] = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
     container["securityContext"] = {"allowPrivilegeEscalation": False}
-    # A terminating pod leaves the Service's endpoints at the moment it gets SIGTERM, but the ingress
-    # controller learns that a moment later and keeps sending it requests: serve on for a few seconds
-    # (the kubelet's own sleep, so the image needs no `sleep` binary; Kubernetes 1.30+).
-    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}}
-    pod_spec: dict[str, Any] = {
-        "serviceAccountName": layout.service_account,
-        "automountServiceAccountToken": False,
-        "containers": [container],
+    if name == WEB_COMPONENT:
+        # A terminating pod leaves the Service's endpoints at the moment it gets SIGTERM, but the ingress
+        # controller learns that a moment later and keeps sending it requests: serve on for a few seconds
+        # (the kubelet's own sleep, so the image needs no `sleep` binary; Kubernetes 1.30+).
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}}
+    return container
+
+
+def _probes(inputs: AppInputs) -> dict[str, Any]:
+    healthcheck = inputs.release.config.healthcheck
+    probe: dict[str, Any] = ({"httpGet": {"path": healthcheck, "port": "http"}} if healthcheck
+                             else {"tcpSocket": {"port": "http"}})
+    return {
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {**probe, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
     }
-    if config.dockerfile is None:
+
+
+def _pod_spec(inputs: AppInputs, layout: AppLayout, container: dict[str, Any], job: bool = False) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never"} if job else {}
+    pod_spec["serviceAccountName"] = layout.service_account
+    pod_spec["automountServiceAccountToken"] = False
+    pod_spec["containers"] = [container]
+    if inputs.release.config.dockerfile is None:
         # Images built from a runtime plugin run as a non-root user; an app's own Dockerfile may not.
         pod_spec["securityContext"] = {"runAsNonRoot": True}
-    deployment = {
+    return pod_spec
+
+
+def _metadata(name: str, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
+    return metadata
+
+
+def _web_deployment(inputs: AppInputs, layout: AppLayout) -> dict[str, Any]:
+    container = _container(WEB_COMPONENT, inputs.release.start_command, inputs, layout)
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": layout.deployment, "labels": layout.labels()},
+        "metadata": _metadata(layout.deployment, layout.labels(), _after_release(inputs)),
         "spec": {
             "replicas": 1,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": layout.selector()},
             # Zero downtime: a new pod must be ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": layout.labels()}, "spec": pod_spec},
+            "template": {"metadata": {"labels": layout.labels()},
+                         "spec": _pod_spec(inputs, layout, container)},
         },
     }
+
+
+def _process_deployment(inputs: AppInputs, layout: AppLayout, process_type: str) -> dict[str, Any]:
+    """A Procfile process type other than web: a Deployment of its own, no Service, no probes."""
+    container = _container(process_type, inputs.release.processes[process_type], inputs, layout)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(layout.process_deployment(process_type), layout.labels(process_type),
+                              _after_release(inputs)),
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": layout.selector(process_type)},
+            "template": {"metadata": {"labels": layout.labels(process_type)},
+                         "spec": _pod_spec(inputs, layout, container)},
+        },
+    }
+
+
+def _release_job(inputs: AppInputs, layout: AppLayout, command: str) -> dict[str, Any]:
+    """The release phase: an Argo CD Sync hook Job that must succeed before the workloads roll out."""
+    container = _container(RELEASE_COMPONENT, command, inputs, layout)
+    annotations = {
+        ARGOCD_HOOK: "Sync",
+        # Recreated on every sync; kept after a failure, so its logs say why the deploy stopped.
+        ARGOCD_HOOK_DELETE_POLICY: "BeforeHookCreation,HookSucceeded",
+        ARGOCD_SYNC_WAVE: RELEASE_WAVE,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(layout.release_job, layout.labels(RELEASE_COMPONENT), annotations),
+        "spec": {
+            "backoffLimit": RELEASE_BACKOFF_LIMIT,
+            "activeDeadlineSeconds": RELEASE_DEADLINE_SECONDS,
+            "template": {"metadata": {"labels": layout.labels(RELEASE_COMPONENT)},
+                         "spec": _pod_spec(inputs, layout, container, job=True)},
+        },
+    }
+
+
+def _cron_job(inputs: AppInputs, layout: AppLayout, index: int) -> dict[str, Any]:
+    entry = inputs.release.config.cron[index]
+    container = _container(entry.name, entry.command, inputs, layout)
+    labels = layout.labels(entry.name)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _metadata(layout.cron_job(entry.name), labels, _after_release(inputs)),
+        "spec": {
+            "schedule": entry.schedule,
+            "timeZone": CRON_TIME_ZONE,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": CRON_STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": CRON_HISTORY_LIMIT,
+            "failedJobsHistoryLimit": CRON_HISTORY_LIMIT,
+            "jobTemplate": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {"metadata": {"labels": labels},
+                                 "spec": _pod_spec(inputs, layout, container, job=True)},
+                },
+            },
+        },
+    }
+
+
+def _check_processes(inputs: AppInputs, layout: AppLayout) -> None:
+    """What no single file's validation sees: registration vs Procfile, and names shared across files."""
+    release, app = inputs.release, inputs.app
+    registration = f"{APPS_DIR}/{app.name}.yaml"
+    dotcupaas = f"{app.name}: .cupaas"
+    errors = registration_errors(registration, app.name, app.processes, release.worker_types)
+    # Each workload's pods carry its name as their component label, which the Deployments select on.
+    owner = {WEB_COMPONENT: "the web process", RELEASE_COMPONENT: "the release phase"}
+    owner.update({t: f"the Procfile's {t}: process" for t in release.worker_types})
+    for addon in inputs.addons:
+        if addon.name in owner:
+            errors.append(ValidationError(dotcupaas, "services", f"{addon.name!r} is also {owner[addon.name]}; "
+                                          "rename the process type"))
+        owner.setdefault(addon.name, f"the {addon.name} add-on")
+    for i, entry in enumerate(release.config.cron):
+        if entry.name in owner:
+            errors.append(ValidationError(dotcupaas, f"cron.{i}.name",
+                                          f"{entry.name!r} is also {owner[entry.name]}; give the cron entry "
+                                          "another name"))
+        name = layout.cron_job(entry.name)
+        if len(name) > CRON_JOB_NAME_MAX:
+            errors.append(ValidationError(dotcupaas, f"cron.{i}.name",
+                                          f"the CronJob would be named {name!r} ({len(name)} characters); "
+                                          f"Kubernetes allows {CRON_JOB_NAME_MAX}: use a shorter name"))
+    if errors:
+        raise ValidationErrors(errors)
+
+
+def _base(inputs: AppInputs, layout: AppLayout) -> Files:
+    release = inputs.release
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -183,19 +341,39 @@ def _base(inputs: AppInputs, layout: AppLayout) -> Files:
         "metadata": {"name": layout.service_account, "labels": layout.labels()},
         "automountServiceAccountToken": False,
     }
+    start = release.start_command_source
+    files = {
+        f"{layout.base}/deployment.yaml": generated(
+            _web_deployment(inputs, layout), f"Start command ({start}): {release.start_command or 'the image CMD'}"),
+        f"{layout.base}/service.yaml": generated(service),
+        f"{layout.base}/serviceaccount.yaml": generated(service_account),
+    }
+    resources = ["serviceaccount.yaml", "deployment.yaml", "service.yaml"]
+    for process_type in release.worker_types:
+        path = layout.process_file(process_type)
+        files[path] = generated(_process_deployment(inputs, layout, process_type),
+                                f"Procfile {process_type}: {release.processes[process_type]}")
+        resources.append(path.removeprefix(f"{layout.base}/"))
+    release_command = release.release_command
+    if release_command:
+        command, origin = release_command
+        files[layout.release_job_file] = generated(
+            _release_job(inputs, layout, command),
+            f"Release phase ({origin}): {command}\nRuns before every rollout; when it fails, the rollout stops "
+            "and the running pods keep serving.")
+        resources.append(layout.release_job_file.removeprefix(f"{layout.base}/"))
+    for i, entry in enumerate(release.config.cron):
+        path = layout.cron_job_file(entry.name)
+        files[path] = generated(_cron_job(inputs, layout, i),
+                                f".cupaas cron {entry.name} ({entry.schedule}, UTC): {entry.command}")
+        resources.append(path.removeprefix(f"{layout.base}/"))
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": ["serviceaccount.yaml", "deployment.yaml", "service.yaml"],
+        "resources": resources,
     }
-    start = release.start_command_source
-    return {
-        f"{layout.base}/deployment.yaml": generated(
-            deployment, f"Start command ({start}): {release.start_command or 'the image CMD'}"),
-        f"{layout.base}/service.yaml": generated(service),
-        f"{layout.base}/serviceaccount.yaml": generated(service_account),
-        f"{layout.base}/kustomization.yaml": generated(kustomization),
-    }
+    files[f"{layout.base}/kustomization.yaml"] = generated(kustomization)
+    return files
 
 
 def addon_settings(addon: Plugin, platform: Platform) -> dict[str, Any]:
@@ -230,23 +408,38 @@ def _component(addon: Plugin, inputs: AppInputs, layout: AppLayout) -> Files:
     }
     env = addon.spec.get("env") or {}
     if env:
-        patch = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": layout.deployment},
-            "spec": {"template": {"spec": {"containers": [{
-                "name": "web",
-                "env": [
-                    {"name": var, "valueFrom": {"secretKeyRef": {"name": creds["secret"], "key": ref["secret_key"]}}}
-                    for var, ref in env.items()
-                ],
-            }]}}},
-        }
-        files[f"{root}/app-env-patch.yaml"] = generated(
-            patch, f"Connection settings the {addon.name} add-on gives the app.")
+        variables_env = [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": creds["secret"], "key": ref["secret_key"]}}}
+            for var, ref in env.items()
+        ]
+        files[f"{root}/app-env-patch.yaml"] = generated_documents(
+            [_env_patch(kind, name, container, variables_env) for kind, name, container in _workloads(inputs, layout)],
+            f"Connection settings the {addon.name} add-on gives the app.")
         kustomization["patches"] = [{"path": "app-env-patch.yaml"}]
     files[f"{root}/kustomization.yaml"] = generated(kustomization)
     return files
+
+
+def _workloads(inputs: AppInputs, layout: AppLayout) -> list[tuple[str, str, str]]:
+    """(kind, name, container) of every object running the app's image: each gets the app's env."""
+    release = inputs.release
+    found = [("Deployment", layout.deployment, WEB_COMPONENT)]
+    found += [("Deployment", layout.process_deployment(t), t) for t in release.worker_types]
+    if release.release_command:
+        found.append(("Job", layout.release_job, RELEASE_COMPONENT))
+    found += [("CronJob", layout.cron_job(e.name), e.name) for e in release.config.cron]
+    return found
+
+
+def _env_patch(kind: str, name: str, container: str, env: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = {"spec": {"containers": [{"name": container, "env": env}]}}
+    spec = {"jobTemplate": {"spec": {"template": pod}}} if kind == "CronJob" else {"template": pod}
+    return {
+        "apiVersion": "batch/v1" if kind in ("Job", "CronJob") else "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def _render_object(addon: Plugin, template: str, variables: Mapping[str, Any]) -> Any:
@@ -302,8 +495,11 @@ def _ingress(inputs: AppInputs, layout: AppLayout) -> dict[str, Any]:
     hosts = [layout.host(inputs.platform.domain), *inputs.app.domains]
     metadata: dict[str, Any] = {"name": layout.ingress, "labels": layout.labels()}
     spec: dict[str, Any] = {"ingressClassName": settings.class_name}
+    annotations = _after_release(inputs)
     if settings.cluster_issuer:
-        metadata["annotations"] = {"cert-manager.io/cluster-issuer": settings.cluster_issuer}
+        annotations["cert-manager.io/cluster-issuer"] = settings.cluster_issuer
+    if annotations:
+        metadata["annotations"] = annotations
         spec["tls"] = [{"hosts": hosts, "secretName": layout.tls_secret}]
     backend = {"service": {"name": layout.service, "port": {"name": "http"}}}
     spec["rules"] = [
@@ -313,11 +509,11 @@ def _ingress(inputs: AppInputs, layout: AppLayout) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
 
 
-def _config_patch(layout: AppLayout, checksum: str) -> dict[str, Any]:
+def _config_patch(deployment: str, checksum: str) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": layout.deployment},
+        "metadata": {"name": deployment},
         "spec": {"template": {"metadata": {"annotations": {f"{ANNOTATION_PREFIX}config-checksum": checksum}}}},
     }
 
@@ -338,7 +534,9 @@ def _overlay_kustomization(inputs: AppInputs, layout: AppLayout, resources: list
     if components:
         out["components"] = components
     out["images"] = [pin]
-    out["replicas"] = [{"name": layout.deployment, "count": inputs.app.replicas}]
+    out["replicas"] = [{"name": layout.deployment, "count": inputs.app.replicas}, *(
+        {"name": layout.process_deployment(t), "count": inputs.app.process_replicas(t)}
+        for t in inputs.release.worker_types)]
     out["patches"] = [{"path": "deployment-patch.yaml"}]
     return out
 
@@ -351,6 +549,7 @@ def _release_record(release: Release) -> dict[str, Any]:
         "cupaas": release.config.as_dict(),
         "start_command": release.start_command,
         "start_command_source": release.start_command_source,
+        **({"processes": dict(release.processes)} if release.processes else {}),
     }
 
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import jinja2
 
-from . import names
 from .errors import UserError, ValidationError
 from .models import AppConfig, BuildPlan, Platform
 from .plugins import SPEC_FILE, Plugin, platform_default
+from .processes import PROCFILE, WEB, parse_procfile
 from .source import SourceTree, normalize
 
 # Detection skips files larger than this: modules that create a web app are small, and a vendored
@@ -479,20 +479,24 @@ def _detect(run: _Run, names: frozenset[str], tried: list[str]) -> tuple[str, st
     return None
 
 
+def _procfile(source: SourceTree) -> dict[str, str] | None:
+    """The Procfile's entries by process type (see generator/processes.py), or None without a Procfile."""
+    text = source.read_text(PROCFILE)
+    return None if text is None else parse_procfile(text)
+
+
 def _procfile_web(run: _Run) -> tuple[str | None, str]:
-    text = run.read("Procfile")
-    if text is None:
+    entries = _procfile(run.source)
+    if entries is None:
         return None, "Procfile: not found"
-    # Lines end at a line feed only: str.splitlines() also breaks at U+2028, NEL, \x1c..., which would
-    # cut a command short at a character that must be refused instead.
-    for line in text.split("\n"):
-        found = re.match(r"^\s*web\s*:\s*(.*\S)\s*$", line.removesuffix("\r"))
-        if found:
-            problem = names.unsafe_character(found[1], allow=names.COMMAND_BLANKS)
-            if problem:
-                raise ValidationError("Procfile", "web", f"{problem}; {names.COMMAND_FIX}")
-            return found[1], "Procfile web:"
+    if WEB in entries:
+        return entries[WEB], "Procfile web:"
     return None, "Procfile: no web: line"
+
+
+def _procfile_processes(source: SourceTree) -> dict[str, str]:
+    """The Procfile's process types other than web: the release phase and the workers."""
+    return {kind: command for kind, command in (_procfile(source) or {}).items() if kind != WEB}
 
 
 def _start_command(run: _Run, config: AppConfig, deps: _Dependencies) -> tuple[str, str]:
@@ -535,6 +539,7 @@ def _app_dockerfile(plugin: Plugin, source: SourceTree, config: AppConfig, path:
         start_command_source=".cupaas run" if config.run else f"CMD of {path}",
         dockerfile=text,
         base_image=settings.get("base_image"),
+        processes=_procfile_processes(source),
     )
 
 
@@ -571,4 +576,5 @@ def plan_build(plugin: Plugin, source: SourceTree, config: AppConfig, platform: 
         dockerfile=dockerfile,
         base_image=settings.get("base_image"),
         mirror=plugin.spec.get("mirror") if deps.install else None,
+        processes=_procfile_processes(source),
     )
