@@ -153,7 +153,11 @@ def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | No
     def log(line: str) -> None:
         click.echo(line)
 
-    settings = cluster_settings(control_dir) if wait and (control_dir / PLATFORM_FILE).is_file() else None
+    try:
+        settings = cluster_settings(control_dir) if wait and (control_dir / PLATFORM_FILE).is_file() else None
+    except CupaasError as e:
+        _fail(str(e))
+        sys.exit(1)
     if wait and settings is None:
         _fail(f"--wait follows the rollout with the cluster: block of {control_dir}/{PLATFORM_FILE}, which has "
               "none; add cluster: {kubeconfig: ..., ingress: ...} (docs/install.md) or drop --wait")

@@ -19,7 +19,7 @@ import yaml
 from .atomic_file import SymlinkInTree, read_inside, write_atomic
 from .errors import UserError, ValidationError
 from .layout import APPS_DIR, AppLayout
-from .loading import release_from_record
+from .loading import check_shape, release_from_record
 from .manifests import read_yaml
 from .models import Release
 from .rendering import SEALED_SECRET_SUFFIX
@@ -124,6 +124,8 @@ def read_release(root: Path, app: str, environment: str) -> Release | None:
         raw = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError):
         raise ValidationError(shown, "", "is not valid YAML; re-deploy the app to rewrite it") from None
+    if isinstance(raw, dict):
+        check_shape(raw, shown)  # anything else pushed to the GitOps repo: no alias bomb, no odd keys
     return release_from_record(raw, shown, app)
 
 
@@ -142,8 +144,10 @@ def read_sealed(root: Path, layout: AppLayout) -> dict[str, dict[str, str]]:
             continue
         try:
             obj = read_yaml(data.decode("utf-8"))
+            check_shape(obj, rel)  # str() of an alias bomb below would never end
             meta, encrypted = obj["metadata"], obj["spec"]["encryptedData"]
-        except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, RecursionError, ValueError):
+        except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, RecursionError, ValueError,
+                ValidationError):
             continue  # unreadable: it is regenerated, which is what a person would do by hand
         if (isinstance(meta, dict) and isinstance(meta.get("name"), str) and isinstance(encrypted, dict)
                 and meta.get("namespace") == layout.namespace):

@@ -36,12 +36,12 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .errors import CupaasError
-from .loading import PLATFORM_FILE, parse_yaml
+from .loading import PLATFORM_FILE, load_platform_raw
 
 Log = Callable[[str], None]
 # A container waiting for one of these has failed: the kubelet only backs off after failures.
@@ -82,7 +82,9 @@ class ClusterSettings:
 def cluster_settings(control_dir: Path) -> ClusterSettings | None:
     """The ``cluster:`` block of a (validated) control repo's cupaas.yaml, or None when it has none."""
     path = Path(control_dir) / PLATFORM_FILE
-    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path)).get("cluster")
+    # Read as the loader reads it (bounded, refused with file and field), since `deploy --wait` asks
+    # before anything else has validated the file.
+    raw = load_platform_raw(Path(control_dir), str(path)).get("cluster")
     if not isinstance(raw, dict):
         return None
     return ClusterSettings(kubeconfig=raw.get("kubeconfig"), argocd_namespace=raw.get("argocd_namespace", "argocd"),
@@ -173,6 +175,7 @@ class RolloutWatcher:
         ApiException = _api_exception()
 
         application, namespace = f"{app}-{environment}", f"{app}-{environment}"
+        since = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
         start = self.clock()
         deadline = start + self.settings.rollout_timeout
         result = LiveResult(state="failed", url=url)
@@ -194,7 +197,7 @@ class RolloutWatcher:
                 status = (found or {}).get("status", {})
                 sync, health = status.get("sync", {}), status.get("health", {})
                 result.health = health.get("status")
-                failure = self._sync_failure(status, gitops_commit)
+                failure = self._sync_failure(status, gitops_commit, since)
                 if failure:
                     result.argocd_message, result.reason = failure, f"Argo CD: {failure}"
                     return result
@@ -243,11 +246,16 @@ class RolloutWatcher:
             raise
 
     @staticmethod
-    def _sync_failure(status: dict[str, Any], gitops_commit: str) -> str | None:
+    def _sync_failure(status: dict[str, Any], gitops_commit: str, since: datetime | None = None) -> str | None:
+        """Argo CD's reason when the sync of this commit failed: an operation that ran this revision, or
+        (Argo CD does not always record the revision of a failed operation) one started after ``since``,
+        the GitOps commit's time; or an error condition of the Application."""
         operation = status.get("operationState") or {}
         synced = (operation.get("syncResult") or {}).get("revision") or (operation.get("operation", {})
                                                                            .get("sync", {}).get("revision"))
-        if synced == gitops_commit and operation.get("phase") in ("Failed", "Error"):
+        started = _timestamp(operation.get("startedAt"))
+        ours = synced == gitops_commit or (since is not None and started is not None and started >= since)
+        if ours and operation.get("phase") in ("Failed", "Error"):
             return _one_line(operation.get("message") or f"the sync operation ended {operation.get('phase')}")
         for condition in status.get("conditions") or []:
             if condition.get("type") in ("ComparisonError", "InvalidSpecError", "SyncError"):
@@ -352,6 +360,16 @@ def _telling_line(lines: list[str]) -> str:
     """The log line that says why: the last one naming an error (a Python exception, a panic), else the last."""
     lines = [line.strip() for line in lines if line.strip()]
     return next((line for line in reversed(lines) if _ERROR_LINE.search(line)), lines[-1] if lines else "")
+
+
+def _timestamp(text: object) -> datetime | None:
+    """An RFC 3339 time of the Kubernetes API (``2026-12-02T03:01:12Z``), or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _one_line(text: str) -> str:

@@ -114,10 +114,19 @@ def schema_errors(raw: Any, schema: str, file: str, secret_fields: tuple[str, ..
 
 MAX_FILE_BYTES = 1_000_000  # a control-repo file or .cupaas is a few KiB; this bounds a hostile one
 MAX_DEPTH = 40  # mappings and lists nested deeper than any cupaas file needs
+# YAML aliases share one node, so a few hundred bytes of anchors can stand for billions of values ("billion
+# laughs"); every later walk (schema, sorting) would visit each one. No cupaas file holds a fraction of this.
+MAX_VALUES = 100_000
 
 
-def _check_shape(node: Any, file: str, path: tuple[str, ...] = ()) -> None:
-    """Every mapping key is text and nothing nests past MAX_DEPTH, so later code can sort and walk it."""
+def check_shape(node: Any, file: str, path: tuple[str, ...] = (), seen: list[int] | None = None) -> None:
+    """Every mapping key is text, nothing nests past MAX_DEPTH and at most MAX_VALUES values are held
+    (aliases counted each time they are used), so later code can sort and walk it."""
+    seen = [0] if seen is None else seen
+    seen[0] += 1
+    if seen[0] > MAX_VALUES:
+        raise ValidationError(file, "", f"holds more than {MAX_VALUES} values (YAML aliases expanding?); "
+                              "write the values out instead of repeating anchors")
     if len(path) > MAX_DEPTH:
         raise ValidationError(file, _field(path[:3]) + ".…", f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(node, dict):
@@ -125,10 +134,10 @@ def _check_shape(node: Any, file: str, path: tuple[str, ...] = ()) -> None:
             if not isinstance(key, str):
                 raise ValidationError(file, _field([*path, str(key)]),
                                       f"keys must be text, not {_type_name(key)}; quote it")
-            _check_shape(value, file, (*path, key))
+            check_shape(value, file, (*path, key), seen)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _check_shape(value, file, (*path, str(i)))
+            check_shape(value, file, (*path, str(i)), seen)
 
 
 def parse_yaml(text: str, file: str) -> dict[str, Any]:
@@ -148,7 +157,7 @@ def parse_yaml(text: str, file: str) -> dict[str, Any]:
         raise ValidationError(file, "", "the file is empty; it must be a YAML mapping")
     if not isinstance(data, dict):
         raise ValidationError(file, "", f"must be a YAML mapping of fields, not {_type_name(data)}")
-    _check_shape(data, file)
+    check_shape(data, file)
     return data
 
 
@@ -251,13 +260,18 @@ def _collect(errors: list[ValidationError], exc: ValidationError | ValidationErr
     errors.extend(exc.errors if isinstance(exc, ValidationErrors) else [exc])
 
 
-def load_platform(root: Path, shown: str) -> Platform:
-    """Read and validate `cupaas.yaml` alone (``shown`` is its path as the user should see it)."""
+def load_platform_raw(root: Path, shown: str) -> dict[str, Any]:
+    """`cupaas.yaml` read and checked against its schema, as the mapping it holds."""
     raw = parse_yaml(_read(root / PLATFORM_FILE, shown), shown)
     found = schema_errors(raw, "cupaas", shown)
     if found:
         raise ValidationErrors(found)
-    return platform_from_raw(raw)
+    return raw
+
+
+def load_platform(root: Path, shown: str) -> Platform:
+    """Read and validate `cupaas.yaml` alone (``shown`` is its path as the user should see it)."""
+    return platform_from_raw(load_platform_raw(root, shown))
 
 
 def load_control_repo(control_dir: str | Path, check_cert: bool = True) -> ControlRepo:

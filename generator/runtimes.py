@@ -125,7 +125,11 @@ def _read_pep621(source: SourceTree, path: str) -> DependencySet | None:
     project = (_toml(source, path) or {}).get("project")
     if not isinstance(project, dict) or "dependencies" in project.get("dynamic", []):
         return None
-    requirements = [str(r) for r in project.get("dependencies", [])]
+    requirements = project.get("dependencies", [])
+    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
+        # A table or a number would otherwise be read as a list of its keys or characters.
+        raise ValidationError(path, "project.dependencies", "must be a list of requirement strings (PEP 621), "
+                              "such as [\"flask>=3\"]")
     names = set().union(*(_requirement_names(r) for r in requirements))
     return DependencySet(packages=tuple(requirements), names=frozenset(names))
 

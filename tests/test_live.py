@@ -59,3 +59,15 @@ COMMIT = "c" * 40
 ])
 def test_argo_cd_failures_of_this_commit_only(status: dict[str, object], expected: str | None) -> None:
     assert RolloutWatcher._sync_failure(status, COMMIT) == expected
+
+
+def test_a_failed_operation_without_a_revision_counts_when_it_started_after_the_commit() -> None:
+    from datetime import UTC, datetime
+
+    failed = {"operationState": {"phase": "Failed", "message": "Job has reached the specified backoff limit",
+                                 "startedAt": "2026-12-02T03:20:05Z"}}
+    commit_time = datetime(2026, 12, 2, 3, 20, 0, tzinfo=UTC)
+
+    assert RolloutWatcher._sync_failure(failed, COMMIT, commit_time) == "Job has reached the specified backoff limit"
+    assert RolloutWatcher._sync_failure(failed, COMMIT, datetime(2026, 12, 2, 3, 21, tzinfo=UTC)) is None
+    assert RolloutWatcher._sync_failure(failed, COMMIT) is None
