@@ -200,6 +200,7 @@ class RolloutWatcher:
                 failure = self._sync_failure(status, gitops_commit, since)
                 if failure:
                     result.argocd_message, result.reason = failure, f"Argo CD: {failure}"
+                    result.pod_log = self._failed_hook_log(namespace, status)
                     return result
                 at_commit = sync.get("revision") == gitops_commit
                 if found is not None:
@@ -257,10 +258,29 @@ class RolloutWatcher:
         ours = synced == gitops_commit or (since is not None and started is not None and started >= since)
         if ours and operation.get("phase") in ("Failed", "Error"):
             return _one_line(operation.get("message") or f"the sync operation ended {operation.get('phase')}")
+        # A failed hook (the release phase) fails the sync even while Argo CD retries it (phase Running).
+        for resource in (operation.get("syncResult") or {}).get("resources") or [] if ours else []:
+            if resource.get("hookPhase") in ("Failed", "Error"):
+                return _one_line(f"the {resource.get('kind')} {resource.get('name')} failed: "
+                                 f"{resource.get('message') or resource.get('hookPhase')}")
         for condition in status.get("conditions") or []:
             if condition.get("type") in ("ComparisonError", "InvalidSpecError", "SyncError"):
                 return _one_line(f"{condition.get('type')}: {condition.get('message', '')}")
         return None
+
+    def _failed_hook_log(self, namespace: str, status: dict[str, Any]) -> list[str]:
+        """The last lines of the pod of a failed hook Job (the release phase), when there is one."""
+        ApiException = _api_exception()
+        for resource in ((status.get("operationState") or {}).get("syncResult") or {}).get("resources") or []:
+            if resource.get("kind") == "Job" and resource.get("hookPhase") in ("Failed", "Error"):
+                try:
+                    pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={resource['name']}")
+                except ApiException:
+                    return []
+                for pod in pods.items:
+                    return self._last_log_lines(namespace, pod.metadata.name, pod.spec.containers[0].name,
+                                                previous=False)
+        return []
 
     def _new_pods(self, namespace: str, app: str, digest: str) -> list[Any]:
         selector = f"app.kubernetes.io/name={app},app.kubernetes.io/component=web"

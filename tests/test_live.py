@@ -56,6 +56,15 @@ COMMIT = "c" * 40
     ({"conditions": [{"type": "ComparisonError", "message": "rpc error:\n kustomize build failed"}]},
      "ComparisonError: rpc error: kustomize build failed"),
     ({"conditions": [{"type": "SharedResourceWarning", "message": "ok"}]}, None),
+    # Argo CD retrying a sync whose release hook failed: the operation is still Running.
+    ({"operationState": {"phase": "Running", "message": "one or more synchronization tasks completed "
+                         "unsuccessfully. Retrying attempt #2", "operation": {"sync": {"revision": COMMIT}},
+                         "syncResult": {"revision": COMMIT, "resources": [
+                             {"kind": "Job", "name": "procs-release", "hookPhase": "Failed",
+                              "message": "Job has reached the specified backoff limit"}]}}},
+     "the Job procs-release failed: Job has reached the specified backoff limit"),
+    ({"operationState": {"phase": "Running", "syncResult": {"revision": "d" * 40, "resources": [
+        {"kind": "Job", "name": "procs-release", "hookPhase": "Failed"}]}}}, None),
 ])
 def test_argo_cd_failures_of_this_commit_only(status: dict[str, object], expected: str | None) -> None:
     assert RolloutWatcher._sync_failure(status, COMMIT) == expected
