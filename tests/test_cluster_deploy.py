@@ -73,10 +73,24 @@ def remove_app(cluster: Cluster) -> None:
     """Leave no app of an earlier run: its Application, namespace and released volumes."""
     cluster.kubectl("-n", ARGOCD, "delete", "application", NAMESPACE, "--ignore-not-found", "--wait=true")
     cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s")
-    # The test volumes are kept on delete (Retain); make the released ones bindable again.
-    listed = yaml.safe_load(cluster.kubectl("get", "pv", "-o", "json").stdout)
+    recycle_volumes(cluster)
+
+
+def recycle_volumes(cluster: Cluster) -> None:
+    """Make every unclaimed local volume bindable again, and empty.
+
+    The volumes are kept on delete (Retain), so a Released one keeps its claim reference and its data. The
+    data must go too: a MongoDB add-on of a new GitOps repo has new generated credentials, and FerretDB,
+    finding the admin user of an earlier run on the volume, refuses them ("Authentication failed").
+    """
+    listed = yaml.safe_load(cluster.kubectl("get", "pv", "-l", "cupaas.dev/cluster=local", "-o", "json").stdout)
     for pv in listed["items"]:
-        if pv["status"].get("phase") == "Released":
+        phase = pv["status"].get("phase")
+        if phase not in ("Released", "Available"):
+            continue
+        for leftover in Path(pv["spec"]["hostPath"]["path"]).glob("*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        if phase == "Released":
             cluster.kubectl("patch", "pv", pv["metadata"]["name"], "--type=json",
                             "-p", '[{"op": "remove", "path": "/spec/claimRef"}]')
 

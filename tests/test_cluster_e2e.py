@@ -29,7 +29,7 @@ import pytest
 import yaml
 from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import AppRepo, make_app_repo
-from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, run_cupaas, use_cluster_mongodb_image
+from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, recycle_volumes, run_cupaas, use_cluster_mongodb_image
 from test_cluster_up import ingress_get, wait_for
 from webhook_support import ServedCupaas, commit_and_push, cupaas_command, served, write_app_secret
 
@@ -146,13 +146,7 @@ def remove_apps(cluster: Cluster, apps: list[str]) -> None:
         namespace = f"{app}-{ENV}"
         cluster.kubectl("-n", ARGOCD, "delete", "application", namespace, "--ignore-not-found", "--wait=true")
         cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", "--timeout=120s")
-    listed = yaml.safe_load(cluster.kubectl("get", "pv", "-o", "json").stdout)
-    for pv in listed["items"]:
-        if pv["status"].get("phase") == "Released":
-            for leftover in Path(pv["spec"]["hostPath"]["path"]).glob("*"):
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            cluster.kubectl("patch", "pv", pv["metadata"]["name"], "--type=json",
-                            "-p", '[{"op": "remove", "path": "/spec/claimRef"}]')
+    recycle_volumes(cluster)
 
 
 @pytest.fixture(scope="module")
