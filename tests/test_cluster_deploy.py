@@ -103,6 +103,25 @@ def use_cluster_mongodb_image(control: Path) -> None:
     settings.write_text(yaml.safe_dump(platform, sort_keys=False))
 
 
+def init_platform(cluster: Cluster, control: Path, gitops: Path, gitops_bare: Path, domain: str, registry: str,
+                  pypi_mirror: str) -> None:
+    """`cupaas init` for this cluster: its sealing certificate and IngressClass, the PyPI mirror."""
+    run_cupaas("init", str(control), str(gitops), "--domain", domain, "--registry", registry,
+               "--gitops-repo", gitops_bare.as_uri(), "--sealing-cert", str(cluster.sealing_cert),
+               "--pypi-mirror", pypi_mirror,
+               "--ingress-class", infra_setting("CUPAAS_TEST_INGRESS_CLASS", CLUSTER_HINT))
+
+
+def bootstrap_argocd(cluster: Cluster, root: Path, gitops_bare: Path) -> None:
+    """What docs/install.md has a user do once: the project's argocd/ folder, params.yaml filled in, applied."""
+    bootstrap = root / "argocd"
+    shutil.copytree(ROOT / "argocd", bootstrap)
+    params = yaml.safe_load((bootstrap / "params.yaml").read_text())
+    params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
+    (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
+    cluster.kubectl("apply", "-k", str(bootstrap))
+
+
 @dataclass
 class World:
     root: Path
@@ -138,10 +157,7 @@ def world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, registry: 
     control, gitops = root / "control", root / "gitops"
     gitops_bare = root / "gitops.git"
     # 1. cupaas init, with the running controller's certificate; the repos go to their "forge".
-    run_cupaas("init", str(control), str(gitops), "--domain", "apps.cupaas.test", "--registry", registry,
-               "--gitops-repo", gitops_bare.as_uri(), "--sealing-cert", str(cluster.sealing_cert),
-               "--pypi-mirror", pypi_mirror,
-               "--ingress-class", infra_setting("CUPAAS_TEST_INGRESS_CLASS", CLUSTER_HINT))
+    init_platform(cluster, control, gitops, gitops_bare, "apps.cupaas.test", registry, pypi_mirror)
     use_cluster_mongodb_image(control)
     as_bare(gitops, gitops_bare)
     # 2. The app: the tasks sample, registered with a plain env value and a sealed secret.
@@ -155,12 +171,7 @@ def world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, registry: 
         "secrets": {"API_TOKEN": sealed.stdout.strip()}}, sort_keys=False))
     run_cupaas("validate", str(control))
     # 3. Argo CD bootstrap with the project's own argocd/ folder: params.yaml edited, then apply -k.
-    bootstrap = root / "argocd"
-    shutil.copytree(ROOT / "argocd", bootstrap)
-    params = yaml.safe_load((bootstrap / "params.yaml").read_text())
-    params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
-    (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
-    cluster.kubectl("apply", "-k", str(bootstrap))
+    bootstrap_argocd(cluster, root, gitops_bare)
     logs: list[str] = []
     from generator.builder import DockerBuilder
 

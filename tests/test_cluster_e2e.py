@@ -15,7 +15,6 @@ file order on one deployed app (module fixture).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -29,7 +28,17 @@ import pytest
 import yaml
 from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import AppRepo, make_app_repo
-from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, recycle_volumes, run_cupaas, use_cluster_mongodb_image
+from test_cluster_deploy import (
+    ARGOCD,
+    ENV,
+    Cluster,
+    as_bare,
+    bootstrap_argocd,
+    init_platform,
+    recycle_volumes,
+    run_cupaas,
+    use_cluster_mongodb_image,
+)
 from test_cluster_up import ingress_get, wait_for
 from webhook_support import ServedCupaas, commit_and_push, cupaas_command, served, write_app_secret
 
@@ -156,10 +165,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: 
     remove_apps(cluster, ["echo", "tasks"])
     root = tmp_path_factory.mktemp("e2e")
     control, gitops, gitops_bare = root / "control", root / "gitops", root / "gitops.git"
-    run_cupaas("init", str(control), str(gitops), "--domain", DOMAIN, "--registry", registry,
-               "--gitops-repo", gitops_bare.as_uri(), "--sealing-cert", str(cluster.sealing_cert),
-               "--pypi-mirror", pypi_mirror,
-               "--ingress-class", infra_setting("CUPAAS_TEST_INGRESS_CLASS", CLUSTER_HINT))
+    init_platform(cluster, control, gitops, gitops_bare, DOMAIN, registry, pypi_mirror)
     use_cluster_mongodb_image(control)
     follow_rollouts(control, cluster.kubeconfig)
     as_bare(gitops, gitops_bare)
@@ -173,12 +179,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: 
         "secrets": {"API_TOKEN": sealed.stdout.strip()}}, sort_keys=False))
     (control / "apps" / "tasks.yaml").write_text(yaml.safe_dump({"repo": apps["tasks"].url, "branch": "main"}))
     run_cupaas("validate", str(control))
-    bootstrap = root / "argocd"
-    shutil.copytree(ROOT / "argocd", bootstrap)
-    params = yaml.safe_load((bootstrap / "params.yaml").read_text())
-    params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
-    (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
-    cluster.kubectl("apply", "-k", str(bootstrap))
+    bootstrap_argocd(cluster, root, gitops_bare)
     with served(control, root / "state", workers=2) as service:
         for name, app in apps.items():
             install_post_receive(app.bare, service.hook_url("github"), "github", write_app_secret(root, name))

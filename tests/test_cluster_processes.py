@@ -8,7 +8,6 @@ The app is tests/apps/procfile-app (web, release, worker and a `* * * * *` cron 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import AppRepo, git, make_app_repo
-from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, run_cupaas
+from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, bootstrap_argocd, init_platform
 from test_cluster_e2e import follow_rollouts, remove_apps
 from test_cluster_up import ingress_get, wait_for
 from webhook_support import cupaas_command
@@ -65,21 +64,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: 
     remove_apps(cluster, [APP])
     root = tmp_path_factory.mktemp("procs")
     control, gitops, gitops_bare = root / "control", root / "gitops", root / "gitops.git"
-    run_cupaas("init", str(control), str(gitops), "--domain", DOMAIN, "--registry", registry,
-               "--gitops-repo", gitops_bare.as_uri(), "--sealing-cert", str(cluster.sealing_cert),
-               "--pypi-mirror", pypi_mirror,
-               "--ingress-class", infra_setting("CUPAAS_TEST_INGRESS_CLASS", CLUSTER_HINT))
+    init_platform(cluster, control, gitops, gitops_bare, DOMAIN, registry, pypi_mirror)
     follow_rollouts(control, cluster.kubeconfig)
     as_bare(gitops, gitops_bare)
     (control / "apps" / f"{EXAMPLE_APP}.yaml").unlink()
     world = World(cluster, control, make_app_repo(root, APP, SOURCE), root / "state")
     world.register({"GREETING": "hi"})
-    bootstrap = root / "argocd"
-    shutil.copytree(ROOT / "argocd", bootstrap)
-    params = yaml.safe_load((bootstrap / "params.yaml").read_text())
-    params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
-    (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
-    cluster.kubectl("apply", "-k", str(bootstrap))
+    bootstrap_argocd(cluster, root, gitops_bare)
     yield world
     remove_apps(cluster, [APP])
 
