@@ -265,6 +265,11 @@ CASES += [
     ("gitops-repo-missing", lambda r: r.edit_yaml(_P, lambda d: d["gitops"].pop("repo")), _P, "gitops.repo: is required"),
     ("gitops-repo-not-text", lambda r: r.edit_yaml(_P, _set(["gitops", "repo"], ["file:///x"])), _P, "gitops.repo"),
     ("gitops-branch-invalid", lambda r: r.edit_yaml(_P, _set(["gitops", "branch"], "main..x")), _P, "gitops.branch"),
+    # git refuses a branch that starts with "-", and a command line would read it as an option.
+    ("gitops-branch-leading-dash", lambda r: r.edit_yaml(_P, _set(["gitops", "branch"], "-main")), _P, "gitops.branch"),
+    ("app-branch-leading-dash", lambda r: r.edit_yaml(_A, _set(["branch"], "--upload-pack=x")), _A, "branch"),
+    # A DNS label is at most 63 characters: <app>.<domain> with a longer one is no host name.
+    ("domain-label-64-chars", lambda r: r.edit_yaml(_P, _set(["domain"], "a" * 64 + ".example.com")), _P, "domain"),
     ("gitops-unknown-field", lambda r: r.edit_yaml(_P, _set(["gitops", "path"], "apps")), _P, "gitops.path: unknown field"),
     ("forge-missing-token-env", lambda r: r.edit_yaml(_P, _set(["gitops", "forge"], {
         "type": "gitea", "api": "https://git.example.com/api/v1", "repo": "org/gitops"})), _P, "gitops.forge.token_env"),
