@@ -65,6 +65,17 @@ def make_app_repo(root: Path, name: str, source: Path = TASKS_APP) -> AppRepo:
     return repo
 
 
+def publish_control_repo(directory: Path, control_dir: Path) -> Path:
+    """Make ``control_dir`` a git repo and push it to a new bare repo in ``directory``; return the bare repo."""
+    bare = directory / "control.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=directory)
+    git("init", "-q", "-b", "main", cwd=control_dir)
+    git("add", "-A", cwd=control_dir)
+    git("commit", "-q", "-m", "Control repo", cwd=control_dir)
+    git("push", "-q", bare.as_uri(), "main", cwd=control_dir)
+    return bare
+
+
 def make_gitops_repo(root: Path, initial_commit: bool = False) -> Path:
     """A bare GitOps repo: empty, or with a first commit on main (pull requests need a base branch)."""
     bare = root / "gitops.git"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import git
+from deploy_support import git, publish_control_repo
 from flask import Flask
 from flask.testing import FlaskClient
 from sealing_support import TEST_KEY_DIR
@@ -235,12 +235,7 @@ def test_service_refuses_to_start_without_a_webhook_secret(tmp_path: Path, monke
 def test_push_to_the_control_repo_queues_a_reconcile(tmp_path: Path, app: Flask) -> None:
 
     control_dir = Path(runtime_of(app).service.control.current())
-    bare = tmp_path / "control.git"
-    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
-    git("init", "-q", "-b", "main", cwd=control_dir)
-    git("add", "-A", cwd=control_dir)
-    git("commit", "-q", "-m", "Control repo", cwd=control_dir)
-    git("push", "-q", bare.as_uri(), "main", cwd=control_dir)
+    bare = publish_control_repo(tmp_path, control_dir)
     served = create_app({"CONTROL": bare.as_uri(), "STATE_DIR": str(tmp_path / "state2"),
                          "WEBHOOK_SECRET": SECRET.decode(), "START_WORKERS": False})
     try:
@@ -322,12 +317,7 @@ def test_gitlab_token_is_compared_with_the_apps_secret(app: Flask, client: Flask
 
 
 def _control_repo_service(tmp_path: Path, control_dir: Path) -> tuple[Flask, bytes]:
-    bare = tmp_path / "control.git"
-    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
-    git("init", "-q", "-b", "main", cwd=control_dir)
-    git("add", "-A", cwd=control_dir)
-    git("commit", "-q", "-m", "Control repo", cwd=control_dir)
-    git("push", "-q", bare.as_uri(), "main", cwd=control_dir)
+    bare = publish_control_repo(tmp_path, control_dir)
     served = create_app({"CONTROL": bare.as_uri(), "STATE_DIR": str(tmp_path / "state2"),
                          "WEBHOOK_SECRET": SECRET.decode(), "START_WORKERS": False})
     data = json.loads(raw(BY_ID["github"]))

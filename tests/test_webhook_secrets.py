@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from deploy_support import git
+from deploy_support import publish_control_repo
 from test_webhook_events import SECRET
 from test_webhook_http import APPS
 
@@ -50,12 +50,7 @@ def test_webhook_secret_command_prints_only_the_apps_derived_secret(control_dir:
 
 
 def test_webhook_secret_command_takes_a_control_repo_url(tmp_path: Path, control_dir: Path) -> None:
-    bare = tmp_path / "control.git"
-    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
-    git("init", "-q", "-b", "main", cwd=control_dir)
-    git("add", "-A", cwd=control_dir)
-    git("commit", "-q", "-m", "Control repo", cwd=control_dir)
-    git("push", "-q", bare.as_uri(), "main", cwd=control_dir)
+    bare = publish_control_repo(tmp_path, control_dir)
     result = CliRunner().invoke(cli, ["webhook-secret", bare.as_uri(), "tasks"],
                                 env={"CUPAAS_WEBHOOK_SECRET": SECRET.decode()})
     assert (result.exit_code, result.stdout) == (0, app_secret(SECRET, "tasks").decode() + "\n"), result.output
