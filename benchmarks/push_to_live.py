@@ -45,6 +45,7 @@ from deploy_support import export, make_app_repo  # noqa: E402
 from webhook_support import commit_and_push, served  # noqa: E402
 
 from generator.init import EXAMPLE_APP  # noqa: E402
+from webhook.demo import argocd_bootstrap  # noqa: E402
 from webhook.git_hook import install_post_receive  # noqa: E402
 
 ECHO_APP = ROOT / "tests" / "apps" / "echo-app"
@@ -138,12 +139,7 @@ def main() -> None:
         subprocess.run(["git", "push", "-q", gitops_bare.as_uri(), "HEAD:main"], cwd=gitops, check=True)
         app = make_app_repo(root, "echo", ECHO_APP)
         (control / "apps" / "echo.yaml").write_text(yaml.safe_dump({"repo": app.url, "branch": "main"}))
-        bootstrap = root / "argocd"
-        shutil.copytree(ROOT / "argocd", bootstrap)
-        params = yaml.safe_load((bootstrap / "params.yaml").read_text())
-        params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
-        (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
-        kube.run("apply", "-k", str(bootstrap))
+        kube.run("apply", "-k", str(argocd_bootstrap(root / "argocd", gitops_bare.as_uri(), "main", ENV)))
         host = f"echo.{DOMAIN}"
         rows: list[dict[str, float]] = []
         bare_rows: list[dict[str, float]] = []

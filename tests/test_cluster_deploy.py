@@ -27,6 +27,7 @@ from webhook_support import cupaas_command
 
 from generator.deploy import Deployer, reconcile
 from generator.init import EXAMPLE_APP
+from webhook.demo import argocd_bootstrap
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
@@ -114,12 +115,7 @@ def init_platform(cluster: Cluster, control: Path, gitops: Path, gitops_bare: Pa
 
 def bootstrap_argocd(cluster: Cluster, root: Path, gitops_bare: Path) -> None:
     """What docs/install.md has a user do once: the project's argocd/ folder, params.yaml filled in, applied."""
-    bootstrap = root / "argocd"
-    shutil.copytree(ROOT / "argocd", bootstrap)
-    params = yaml.safe_load((bootstrap / "params.yaml").read_text())
-    params["data"].update(gitopsRepo=gitops_bare.as_uri(), gitopsBranch="main", environment=ENV)
-    (bootstrap / "params.yaml").write_text(yaml.safe_dump(params))
-    cluster.kubectl("apply", "-k", str(bootstrap))
+    cluster.kubectl("apply", "-k", str(argocd_bootstrap(root / "argocd", gitops_bare.as_uri(), "main", ENV)))
 
 
 @dataclass

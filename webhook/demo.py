@@ -372,16 +372,8 @@ class Demo:
     def bootstrap_argocd(self) -> None:
         """What docs/install.md has a user do once: the argocd/ folder, its params.yaml filled in, applied."""
         assert self.cluster
-        source = builtin_dir("argocd")
-        if not (source / "kustomization.yaml").is_file():
-            raise DemoError(f"the Argo CD bootstrap folder is missing at {source}")
-        target = self.root / "argocd"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source, target)
-        params = yaml.safe_load((target / "params.yaml").read_text())
-        params["data"].update(gitopsRepo=self.bare("gitops").as_uri(), gitopsBranch="main",
-                              environment=self.cluster.environment)
-        (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        target = argocd_bootstrap(self.root / "argocd", self.bare("gitops").as_uri(), "main",
+                                  self.cluster.environment)
         self.kubectl_run("apply", "-k", str(target))
 
     def application(self) -> dict[str, Any]:
@@ -450,6 +442,20 @@ class Demo:
     def stop_all(self) -> None:
         while self.started:
             self.started.pop()()
+
+
+def argocd_bootstrap(target: Path, gitops_repo: str, branch: str, environment: str) -> Path:
+    """The project's argocd/ folder copied to ``target`` with params.yaml filled in, ready for
+    `kubectl apply -k` (docs/install.md's one-time step)."""
+    source = builtin_dir("argocd")
+    if not (source / "kustomization.yaml").is_file():
+        raise DemoError(f"the Argo CD bootstrap folder is missing at {source}")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    params["data"].update(gitopsRepo=gitops_repo, gitopsBranch=branch, environment=environment)
+    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return target
 
 
 def run_demo(root: Path, registry: str, pypi_mirror: str, once: bool, echo: Echo = print,
