@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, names
+from .commit_status import DeployStatuses, reporter_for
 from .errors import CupaasError, ValidationErrors
 from .gitops_tree import apply
 from .layout import AppLayout
@@ -162,15 +163,21 @@ def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | No
         _fail(f"--wait follows the rollout with the cluster: block of {control_dir}/{PLATFORM_FILE}, which has "
               "none; add cluster: {kubeconfig: ..., ingress: ...} (docs/install.md) or drop --wait")
         sys.exit(1)
+    statuses = _deploy_statuses(control_dir, app, log)
     deployer = Deployer(control_dir=control_dir, builder=DockerBuilder(), state_dir=state_dir or default_state_dir(),
-                        log=log)
+                        log=log, on_source=statuses.source)
     try:
         result = deployer.deploy(app, commit)
+        gitops_commit = result.gitops_commit or result.already_in
+        if result.pull_request is not None:
+            statuses.awaiting_review(result.pull_request.url)
+        elif settings is None:
+            statuses.committed(gitops_commit, result.url)
         if settings is not None:
-            gitops_commit = result.gitops_commit or result.already_in
             if result.pull_request is not None or gitops_commit is None:
                 log("-----> Not waiting: the release goes live once its pull request is merged")
                 return
+            statuses.rolling_out(gitops_commit, result.url)
             environment = load_control_repo(control_dir, check_cert=False).platform.environment
             log(f"-----> Following the rollout of {gitops_commit[:12]} (at most {settings.rollout_timeout:g}s)")
             live = RolloutWatcher(settings, api_client(settings), log).follow(
@@ -179,13 +186,17 @@ def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | No
             if live.state != "live":
                 for line in live.pod_log:
                     click.echo(f"       | {line}", err=True)
+                statuses.failed(live.reason or "the rollout failed", result.url)
                 _fail(f"{app} is not live: {live.reason}")
                 sys.exit(1)
             log(f"-----> Live: {app} answers at {result.url} ({live.seconds:.1f}s after the GitOps commit)")
+            statuses.live(result.url, live.seconds)
     except ClusterUnavailable as e:
+        statuses.failed(f"rollout: {e}")
         _fail(str(e))
         sys.exit(1)
     except DeployError as e:
+        statuses.failed(str(e))
         click.echo(f"-----> Failed at step {e.step}", err=True)
         _fail(str(e.cause))
         click.echo("Nothing was committed to the GitOps repo.", err=True)
@@ -193,6 +204,18 @@ def deploy(control_dir: Path, app: str, commit: str | None, state_dir: Path | No
     except CupaasError as e:
         _fail(str(e))
         sys.exit(1)
+
+
+def _deploy_statuses(control_dir: Path, app: str, log: Callable[[str], None]) -> DeployStatuses:
+    """The commit statuses of a `cupaas deploy` (apps/<app>.yaml `forge:`), or none when the control repo cannot say."""
+    try:
+        control = load_control_repo(control_dir, check_cert=False)
+    except CupaasError:
+        return DeployStatuses(None)  # the deploy reports the error
+    registration = control.apps.get(app)
+    if registration is None:
+        return DeployStatuses(None)
+    return DeployStatuses(reporter_for(registration, control.platform.environment, log))
 
 
 @cli.command()

@@ -120,6 +120,7 @@ class Deployer:
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     forge_factory: Callable[[ForgeSettings, Mapping[str, str]], ForgeClient] = forge_client_from_env
     on_step: Callable[[str, float], None] | None = None  # (step, seconds) as each step ends
+    on_source: Callable[[str], None] | None = None  # the app commit to deploy, once fetched (commit statuses)
 
     def configure(self) -> tuple[ControlRepo, PluginRegistry, Sealer, ForgeClient | None]:
         """Load and check everything a deploy or reconcile needs before touching any remote."""
@@ -160,6 +161,8 @@ class Deployer:
                     registration.branch, commit, source_dir, not_before=deployed)
             subject = "".join(ch if ch.isprintable() else " " for ch in fetched.subject)
             log(f"       commit {fetched.sha[:12]}: {subject}")
+            if self.on_source is not None:
+                self.on_source(fetched.sha)
             with steps.step("plan"):
                 config, plan = plan_app(control, app, DirectorySource(source_dir), registry,
                                         shown=f"{app}@{fetched.sha[:12]}: .cupaas")

@@ -157,6 +157,11 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def no_redirects_opener() -> urllib.request.OpenerDirector:
+    """An opener that never follows a redirect (so a token in the headers stays with the host it was for)."""
+    return urllib.request.build_opener(_RefuseRedirects())
+
+
 class _ForgeApi:
     """What the three APIs share: the lookup-update-or-create flow, HTTP, limits and error mapping."""
 
@@ -172,7 +177,7 @@ class _ForgeApi:
         self._token_env = settings.token_env
         self._token = token
         self._timeout = timeout
-        self._opener = urllib.request.build_opener(_RefuseRedirects())
+        self._opener = no_redirects_opener()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._api!r}, repo={self._repo!r})"

@@ -141,6 +141,10 @@ class GitOpsRepo:
 
         For what earlier deploys recorded, such as ``apps/<app>/release.yaml``.
         """
+        return self.read_head_file(path)[1]
+
+    def read_head_file(self, path: str) -> tuple[str | None, str | None]:
+        """(the branch's head commit, the file there) as they are on the remote now; None for what is missing."""
         parts = path.split("/")
         if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
             raise UserError(f"{path!r} is not a relative path inside the GitOps repo")
@@ -148,18 +152,18 @@ class GitOpsRepo:
             clone.fetch()
             head = clone.heads().get(self.branch)
             if head is None:
-                return None
+                return None, None
             listing = clone.output("ls-tree", "-z", head.sha, "--", path)
             mode_type_sha, _tab, _name = listing.partition("\t")
             fields = mode_type_sha.split()
             if len(fields) != 3 or fields[1] != "blob":
-                return None
+                return head.sha, None
             if fields[0] == "120000":  # a symbolic link: its blob is the target's name, never read for it
                 raise UserError(f"{path}: is a symbolic link on {self.branch} of {self.shown_url}; cupaas never "
                                 "follows a symbolic link in the GitOps repo: remove it (git rm) and commit")
             data = clone.blob(fields[2])
         try:
-            return data.decode("utf-8")
+            return head.sha, data.decode("utf-8")
         except UnicodeDecodeError:
             raise UserError(f"{path} on {self.branch} of {self.shown_url} is not UTF-8 text") from None
 

@@ -119,7 +119,11 @@ def read_release(root: Path, app: str, environment: str) -> Release | None:
         data = read_inside(root, rel)
     if data is None:
         return None
-    shown = str(root / rel)
+    return parse_release(data, str(root / rel), app)
+
+
+def parse_release(data: bytes, shown: str, app: str) -> Release:
+    """A release record's bytes (``shown`` names where they come from, for errors)."""
     try:
         raw = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError):

@@ -29,6 +29,7 @@ from .models import (
     Mirrors,
     Platform,
     Release,
+    StatusForge,
 )
 from .sealing import SealingCert, check_sealed_value
 from .source import SourceTree
@@ -253,6 +254,7 @@ def app_from_raw(name: str, raw: dict[str, Any], file: str) -> AppRegistration:
         replicas=raw.get("replicas", 1),
         domains=tuple(raw.get("domains", ())),
         processes=dict(sorted(raw.get("processes", {}).items())),
+        forge=StatusForge(**raw["forge"]) if "forge" in raw else None,
     )
 
 

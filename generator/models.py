@@ -21,6 +21,16 @@ class ForgeSettings:
 
 
 @dataclass(frozen=True)
+class StatusForge:
+    """An app registration's `forge:` block: the forge that shows the app's commits."""
+
+    type: str  # github | gitea | forgejo | gitlab | bitbucket
+    repo: str  # owner/name (GitLab: the project path; Bitbucket: workspace/slug)
+    api: str | None = None  # None: the public service's API (github.com, gitlab.com, bitbucket.org, codeberg.org)
+    token_env: str | None = None  # None: CUPAAS_<TYPE>_TOKEN
+
+
+@dataclass(frozen=True)
 class GitOpsSettings:
     repo: str
     branch: str = "main"
@@ -71,6 +81,8 @@ class AppRegistration:
     domains: tuple[str, ...] = ()
     # Replicas of each Procfile process type other than web (web has `replicas`); a type not listed runs 1.
     processes: Mapping[str, int] = field(default_factory=dict)
+    # Where the commit statuses of the app's pushes go (generator/commit_status.py); None: inferred from `repo`.
+    forge: StatusForge | None = None
 
     def process_replicas(self, process_type: str) -> int:
         return self.processes.get(process_type, 1)

@@ -28,6 +28,10 @@ import pytest
 import yaml
 from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import AppRepo, make_app_repo
+from fake_forge import TOKEN as PR_TOKEN
+from fake_forge import serve as serve_pull_requests
+from fake_status_forge import TOKEN as FORGE_TOKEN
+from fake_status_forge import FakeStatusForge, serve_statuses
 from test_cluster_deploy import (
     ARGOCD,
     ENV,
@@ -40,7 +44,16 @@ from test_cluster_deploy import (
     use_cluster_mongodb_image,
 )
 from test_cluster_up import ingress_get, wait_for
-from webhook_support import ServedCupaas, commit_and_push, cupaas_command, served, write_app_secret
+from webhook_support import (
+    GIT_ENV,
+    PushAnswer,
+    ServedCupaas,
+    commit_and_push,
+    cupaas_command,
+    served,
+    write_app_secret,
+    write_secret,
+)
 
 from generator.init import EXAMPLE_APP
 from webhook.git_hook import install_post_receive
@@ -99,6 +112,7 @@ class World:
     apps: dict[str, AppRepo]
     control: Path
     gitops: Path
+    forges: dict[str, FakeStatusForge]  # app → the fake forge its commit statuses go to
 
     def push(self, app: str, message: str, files: dict[str, str], ends: str = "live"
              ) -> tuple[str, dict[str, Any], float]:
@@ -108,7 +122,7 @@ class World:
         assert [status for status, _ in answer.answers] == [202], answer.output
         [job_id] = answer.job_ids
         job = self.service.wait_job(job_id, timeout=JOB_TIMEOUT, states=("live", "failed", "superseded",
-                                                                           "succeeded"))
+                                                                           "succeeded", "awaiting-review"))
         assert job["state"] == ends, f"{job['error']}\n{job['log']}"
         assert job["commit"] == sha
         return sha, job, started
@@ -174,19 +188,29 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: 
     sealed = subprocess.run([*cupaas_command(), "seal", str(control), "echo", "API_TOKEN"], input=TOKEN,
                             capture_output=True, text=True, timeout=60)
     assert sealed.returncode == 0, sealed.stderr
-    (control / "apps" / "echo.yaml").write_text(yaml.safe_dump({
-        "repo": apps["echo"].url, "branch": "main", "env": {"GREETING": GREETING},
-        "secrets": {"API_TOKEN": sealed.stdout.strip()}}, sort_keys=False))
-    (control / "apps" / "tasks.yaml").write_text(yaml.safe_dump({"repo": apps["tasks"].url, "branch": "main"}))
-    run_cupaas("validate", str(control))
-    bootstrap_argocd(cluster, root, gitops_bare)
-    with served(control, root / "state", workers=2) as service:
-        for name, app in apps.items():
-            install_post_receive(app.bare, service.hook_url("github"), "github", write_app_secret(root, name))
-        yield World(cluster, service, apps, control, gitops_bare)
-        problems = service.problems()
+    # Commit statuses: echo's go to a fake GitHub, tasks' to a fake GitLab (each checks the documented API).
+    with serve_statuses("github", {"acme/echo"}) as github, serve_statuses("gitlab", {"acme/tasks"}) as gitlab:
+        (control / "apps" / "echo.yaml").write_text(yaml.safe_dump({
+            "repo": apps["echo"].url, "branch": "main", "env": {"GREETING": GREETING},
+            "secrets": {"API_TOKEN": sealed.stdout.strip()},
+            "forge": {"type": "github", "api": github.base_url, "repo": "acme/echo"}}, sort_keys=False))
+        (control / "apps" / "tasks.yaml").write_text(yaml.safe_dump({
+            "repo": apps["tasks"].url, "branch": "main",
+            "forge": {"type": "gitlab", "api": gitlab.base_url, "repo": "acme/tasks", "token_env": "TASKS_GL"}}))
+        run_cupaas("validate", str(control))
+        bootstrap_argocd(cluster, root, gitops_bare)
+        tokens = {"CUPAAS_GITHUB_TOKEN": FORGE_TOKEN, "TASKS_GL": FORGE_TOKEN, "GITOPS_TOKEN": PR_TOKEN}
+        with served(control, root / "state", workers=2, extra_env=tokens) as service:
+            for name, app in apps.items():
+                install_post_receive(app.bare, service.hook_url("github"), "github", write_app_secret(root, name))
+            yield World(cluster, service, apps, control, gitops_bare, {"echo": github, "tasks": gitlab})
+            problems = service.problems()
+            logs = service.log_tail(chars=10_000_000)
+        violations = github.violations + gitlab.violations
     remove_apps(cluster, ["echo", "tasks"])
     assert problems == []
+    assert violations == []
+    assert FORGE_TOKEN not in logs and PR_TOKEN not in logs
 
 
 def follow_rollouts(control: Path, kubeconfig: Path, **overrides: Any) -> None:
@@ -206,7 +230,7 @@ def echo_answer(world: World) -> dict[str, Any]:
 
 
 def test_push_is_answered_through_the_ingress_by_the_pods_argo_cd_rolled_out(world: World) -> None:
-    _, job, _ = world.push("echo", "Release 1", {"app.py": (ECHO_APP / "app.py").read_text()})
+    sha, job, _ = world.push("echo", "Release 1", {"app.py": (ECHO_APP / "app.py").read_text()})
     # The job ended `live` only once Argo CD synced, the pods ran the digest and the URL answered.
     assert (job["url"], job["health"]) == (f"https://echo.{DOMAIN}", "Healthy")
     assert job["live_at"].endswith("Z") and "-----> Live: echo answers at" in job["log"]
@@ -220,6 +244,12 @@ def test_push_is_answered_through_the_ingress_by_the_pods_argo_cd_rolled_out(wor
     [pod] = world.pods("echo", "app.kubernetes.io/name=echo")
     assert answer["hostname"] == pod["metadata"]["name"]
     assert pod["status"]["containerStatuses"][0]["imageID"].endswith(job["image"].split("@")[1])
+    # The pusher saw it on the commit: building, rolling out, then live with the URL.
+    building, rolling, live = world.forges["echo"].for_commit(sha)
+    assert [building.state, rolling.state, live.state] == ["pending", "pending", "success"]
+    assert building.description == f"building {sha[:12]}"
+    assert rolling.description == f"rolling out (GitOps commit {job['gitops_commit'][:12]})"
+    assert live.target_url == f"https://echo.{DOMAIN}" and live.context == "cupaas/production"
 
 
 def _answer_or_none(world: World) -> dict[str, Any] | None:
@@ -256,7 +286,7 @@ def test_commit_that_crashes_at_start_leaves_the_old_pods_serving(world: World) 
     # What a forgotten dependency does: gunicorn's worker fails to boot and gunicorn exits.
     crashing = release_source("3") + "\nimport a_module_release_3_forgot_to_require  # noqa: E402, F401\n"
     with Loop(f"echo.{DOMAIN}") as loop:
-        _, job, _ = world.push("echo", "Release 3 crashes at import", {"app.py": crashing}, ends="failed")
+        sha, job, _ = world.push("echo", "Release 3 crashes at import", {"app.py": crashing}, ends="failed")
 
         def crash_looping() -> str | None:
             for pod in world.pods("echo", "app.kubernetes.io/name=echo"):
@@ -280,11 +310,18 @@ def test_commit_that_crashes_at_start_leaves_the_old_pods_serving(world: World) 
     assert application["status"]["health"]["status"] != "Healthy"
     assert set(loop.answers) == {"200"}, loop.answers
     assert {r for _, r in loop.releases} == {"2"}  # the old pod kept answering, alone
+    # The failure status on the commit says the same, on one line.
+    assert world.forges["echo"].states(sha) == ["pending", "pending", "failure"]
+    failure = world.forges["echo"].for_commit(sha)[-1].description or ""
+    assert failure.startswith("the new pod is in CrashLoopBackOff") and "a_module_release_3" in failure, failure
 
 
 def test_tasks_are_stored_and_survive_their_pod_and_the_database_pod(world: World) -> None:
-    _, job, _ = world.push("tasks", "Deploy tasks", {"templates/e2e.txt": "e2e\n"})
+    sha, job, _ = world.push("tasks", "Deploy tasks", {"templates/e2e.txt": "e2e\n"})
     world.wait_live("tasks", job["gitops_commit"])
+    # GitLab's words for the same phases (it refuses pending → pending, so the rollout is `running`).
+    assert world.forges["tasks"].states(sha) == ["pending", "running", "success"]
+    assert world.forges["tasks"].for_commit(sha)[-1].target_url == f"https://tasks.{DOMAIN}"
     host = f"tasks.{DOMAIN}"
     title = f"stored through the ingress {time.time():.0f}"
 
@@ -377,3 +414,49 @@ def test_deploy_wait_follows_the_release_to_live_and_status_shows_it(world: Worl
                              text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert unknown.returncode == 1 and "apps/nope.yaml: no such app" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_pull_request_mode_goes_live_once_the_merge_reaches_the_branch(world: World) -> None:
+    """In review mode the push ends awaiting-review with the PR; the merge's push (through the GitOps repo's own
+    hook, signed with the master secret) queues a rollout job that follows the merged release to live."""
+    settings = world.control / "cupaas.yaml"
+    before = settings.read_text()
+    root = world.control.parent
+    hook = world.gitops / "hooks" / "post-receive"
+    with serve_pull_requests("github") as (api, prs):
+        prs.reset()
+        platform = yaml.safe_load(before)
+        platform["gitops"] |= {"review": "pull-request", "forge": {"type": "github", "api": api, "repo": "acme/gitops",
+                                                                    "token_env": "GITOPS_TOKEN"}}
+        settings.write_text(yaml.safe_dump(platform, sort_keys=False))
+        install_post_receive(world.gitops, world.service.hook_url("github"), "github", write_secret(root))
+        try:
+            sha, job, _ = world.push("echo", "Release 5, reviewed", {"app.py": release_source("5")},
+                                     ends="awaiting-review")
+            [pr] = prs.open_prs("cupaas/echo-production")
+            assert job["pull_request"] == f"https://forge.test/acme/gitops/pull/{pr.number}"
+            assert world.forges["echo"].states(sha) == ["pending", "pending"]
+            assert (_answer_or_none(world) or {}).get("release") != "5"  # not before the merge
+
+            work = root / "reviewer"
+            git_env = {**GIT_ENV, "PATH": "/usr/bin:/bin", "HOME": str(root)}
+            for args in (["clone", "-q", world.gitops.as_uri(), str(work)], ["-C", str(work), "merge", "-q", "--no-ff",
+                         "-m", "Merge the review branch", "origin/cupaas/echo-production"]):
+                subprocess.run(["git", *args], check=True, capture_output=True, timeout=60, env=git_env)
+            pushed = subprocess.run(["git", "-C", str(work), "push", "origin", "main"], capture_output=True,
+                                    text=True, timeout=120, env=git_env)
+            assert pushed.returncode == 0, pushed.stderr
+            [rollout_id] = PushAnswer(pushed.stdout + pushed.stderr).job_ids
+            rollout = world.service.wait_job(rollout_id, timeout=JOB_TIMEOUT)
+            settled = world.service.job(job["id"])
+        finally:
+            settings.write_text(before)
+            hook.unlink(missing_ok=True)
+
+    assert rollout["state"] == "succeeded", rollout["log"]
+    assert settled["state"] == "live", settled["log"]
+    assert settled["url"] == f"https://echo.{DOMAIN}" and settled["health"] == "Healthy"
+    assert echo_answer(world)["release"] == "5"
+    assert world.forges["echo"].states(sha) == ["pending", "pending", "pending", "success"]
+    assert world.forges["echo"].for_commit(sha)[-1].target_url == f"https://echo.{DOMAIN}"
+    assert prs.violations == []

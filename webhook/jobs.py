@@ -41,10 +41,13 @@ from typing import Any, Protocol
 
 # A deploy of a platform with a `cluster:` block goes running → committed (the GitOps commit is made; the
 # rollout is being followed, still under its worker) → live or failed; without one it ends succeeded.
-STATES = ("queued", "running", "committed", "succeeded", "live", "failed", "superseded")
+# In pull-request mode a deploy ends its run `awaiting-review` (no worker holds it); the push of the merge to the
+# GitOps branch queues a `rollout` job, which follows the merged releases and settles them live or failed.
+STATES = ("queued", "running", "committed", "awaiting-review", "succeeded", "live", "failed", "superseded")
 FINISHED = ("succeeded", "live", "failed", "superseded")
 ACTIVE = ("running", "committed")  # held by a worker
-KINDS = ("deploy", "reconcile")
+RELEASED = (*FINISHED, "awaiting-review")  # what a worker may end a job's run as
+KINDS = ("deploy", "reconcile", "rollout")
 Request = tuple[str, str | None, str | None]  # (kind, app, commit)
 
 
@@ -110,7 +113,17 @@ class JobQueue(Protocol):
     def finish(self, job_id: str, *, state: str, image: str | None = None, gitops_commit: str | None = None,
                pull_request: str | None = None, error: str | None = None, live: dict[str, Any] | None = None
                ) -> None:
-        """End a running (or committed) job as succeeded, live, failed or superseded."""
+        """End a running (or committed) job as succeeded, live, failed or superseded, or release it as
+        awaiting-review (which supersedes the app's older awaiting-review jobs: its pull request replaced theirs)."""
+        ...
+
+    def awaiting_review(self) -> list[Job]:
+        """The deploys whose pull request is not merged yet, oldest first."""
+        ...
+
+    def settle(self, job_id: str, *, state: str, lines: Sequence[str] = (), error: str | None = None,
+               live: dict[str, Any] | None = None) -> bool:
+        """End an awaiting-review job (any instance may); False if it was no longer awaiting review."""
         ...
 
     def mark_committed(self, job_id: str, *, image: str | None, gitops_commit: str | None,
@@ -287,15 +300,45 @@ class SqliteJobQueue:
     def finish(self, job_id: str, *, state: str, image: str | None = None, gitops_commit: str | None = None,
                pull_request: str | None = None, error: str | None = None, live: dict[str, Any] | None = None
                ) -> None:
-        if state not in FINISHED:
-            raise ValueError(f"a job finishes as {' or '.join(FINISHED)}, not {state!r}")
+        if state not in RELEASED:
+            raise ValueError(f"a job finishes as {' or '.join(RELEASED)}, not {state!r}")
+        now = time.time()
         with self._transaction() as conn:
-            self._held(conn, job_id)
+            _kind, app = self._held(conn, job_id)
             conn.execute("UPDATE jobs SET state = ?, finished = ?, image = ?, gitops_commit = ?, pull_request = ?, "
                          "error = ?, live = ?, owner = NULL WHERE id = ?",
-                         (state, time.time(), image, gitops_commit, pull_request, error,
-                          json.dumps(live, sort_keys=True) if live else None, job_id))
+                         (state, None if state == "awaiting-review" else now, image, gitops_commit, pull_request,
+                          error, json.dumps(live, sort_keys=True) if live else None, job_id))
+            if state == "awaiting-review":
+                older = conn.execute("SELECT id FROM jobs WHERE state = 'awaiting-review' AND app IS ? AND id != ?",
+                                     (app, job_id)).fetchall()
+                for (old,) in older:
+                    self._append(conn, old, f"-----> Superseded by job {job_id}: its pull request now carries a "
+                                            f"newer deploy of {app}")
+                    conn.execute("UPDATE jobs SET state = 'superseded', superseded_by = ?, finished = ? WHERE id = ?",
+                                 (job_id, now, old))
         self.wake()
+
+    def awaiting_review(self) -> list[Job]:
+        with self._transaction(write=False) as conn:
+            rows = conn.execute("SELECT id FROM jobs WHERE state = 'awaiting-review' ORDER BY seq").fetchall()
+            return [job for (job_id,) in rows if (job := self._read(conn, "id = ?", job_id)) is not None]
+
+    def settle(self, job_id: str, *, state: str, lines: Sequence[str] = (), error: str | None = None,
+               live: dict[str, Any] | None = None) -> bool:
+        if state not in FINISHED:
+            raise ValueError(f"a job settles as {' or '.join(FINISHED)}, not {state!r}")
+        with self._transaction() as conn:
+            row = conn.execute("SELECT state, live FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] != "awaiting-review":
+                return False
+            merged = {**(json.loads(row[1]) if row[1] else {}), **(live or {})}
+            for line in lines:
+                self._append(conn, job_id, line)
+            conn.execute("UPDATE jobs SET state = ?, finished = ?, error = ?, live = ? WHERE id = ?",
+                         (state, time.time(), error, json.dumps(merged, sort_keys=True) if merged else None, job_id))
+        self.wake()
+        return True
 
     def mark_committed(self, job_id: str, *, image: str | None, gitops_commit: str | None,
                        pull_request: str | None = None, live: dict[str, Any] | None = None) -> None:
