@@ -132,19 +132,26 @@ class Deployer:
             forge = self.forge_factory(platform.gitops.forge, self.environ)
         return control, PluginRegistry(), sealer, forge
 
-    def _deployed_commit(self, platform: Platform, app: str) -> str | None:
-        """The commit the GitOps branch deploys for ``app`` now, from its release record."""
+    def _deployed_commit(self, platform: Platform, app: str) -> tuple[str | None, str | None]:
+        """The commit the GitOps branch deploys for ``app`` now, and the one a rollback superseded (if any).
+
+        Both come from the app's release record; `cupaas rollback` writes ``rollback.superseded``.
+        """
         gitops = GitOpsRepo(platform.gitops.repo, platform.gitops.branch, self.state_dir / "gitops")
         text = gitops.read_file(AppLayout(app, platform.environment).release)
         record = read_yaml(text) if text else None
         commit = record.get("commit") if isinstance(record, dict) else None
-        return str(commit) if commit else None
+        rollback = record.get("rollback") if isinstance(record, dict) else None
+        superseded = rollback.get("superseded") if isinstance(rollback, dict) else None
+        return (str(commit) if commit else None), (str(superseded) if superseded else None)
 
     def deploy(self, app: str, commit: str | None = None, refuse_older: bool = False) -> DeployResult:
         """Deploy one commit (default: the branch head) of ``app``.
 
         With ``refuse_older`` (webhook jobs), a commit that is an ancestor of the deployed one raises
-        OlderCommit instead: a replayed or late push must never roll an app back.
+        OlderCommit instead: a replayed or late push must never roll an app back. After `cupaas rollback`
+        the commit it rolled back (and its ancestors) is refused the same way, and with ``auto_deploy:
+        false`` in the app's registration every such deploy is.
         """
         steps = _Steps(self.log, self.on_step)
         log = steps.log
@@ -156,9 +163,16 @@ class Deployer:
         with tempfile.TemporaryDirectory(prefix=f"cupaas-{app}-") as tmp:
             source_dir = Path(tmp) / "src"
             with steps.step("fetch"):
-                deployed = self._deployed_commit(platform, app) if refuse_older else None
+                if refuse_older and not registration.auto_deploy:
+                    raise OlderCommit(f"automatic deploys of {app} are paused (auto_deploy: false in "
+                                      f"apps/{app}.yaml); `cupaas deploys:resume CONTROL {app}` resumes them, "
+                                      "`cupaas deploy` deploys now")
+                deployed, superseded = self._deployed_commit(platform, app) if refuse_older else (None, None)
                 fetched = AppSource(registration.repo, self.state_dir / "apps", log).export(
-                    registration.branch, commit, source_dir, not_before=deployed)
+                    registration.branch, commit, source_dir, not_before=superseded or deployed)
+                if superseded is not None and fetched.sha == superseded:
+                    raise OlderCommit(f"commit {fetched.sha[:12]} was rolled back by `cupaas rollback`: not deploying "
+                                      "it again; push a new commit to deploy, or `cupaas deploy --commit` on purpose")
             subject = "".join(ch if ch.isprintable() else " " for ch in fetched.subject)
             log(f"       commit {fetched.sha[:12]}: {subject}")
             if self.on_source is not None:

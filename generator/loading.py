@@ -7,6 +7,7 @@ YAML. Secret values never appear in a message.
 from __future__ import annotations
 
 import json
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -22,6 +23,7 @@ from .models import (
     AppConfig,
     AppRegistration,
     ControlRepo,
+    ControlSettings,
     ForgeSettings,
     GitOpsSettings,
     ImageRef,
@@ -29,6 +31,7 @@ from .models import (
     Mirrors,
     Platform,
     Release,
+    Rollback,
     StatusForge,
 )
 from .sealing import SealingCert, check_sealed_value
@@ -38,6 +41,7 @@ PLATFORM_FILE = "cupaas.yaml"
 APPS_DIR = "apps"
 DOTCUPAAS = ".cupaas"
 RESERVED_ENV = frozenset({"PORT"})
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
@@ -207,7 +211,13 @@ def platform_from_raw(raw: dict[str, Any]) -> Platform:
         mirrors=Mirrors(pypi=mirrors.get("pypi"), debian=mirrors.get("debian"),
                         allow=tuple(mirrors.get("allow", ()))),
         addons={k: dict(v) for k, v in sorted(raw.get("addons", {}).items())},
+        control=_control_settings(raw.get("control", {})),
     )
+
+
+def _control_settings(raw: dict[str, Any]) -> ControlSettings:
+    forge = raw.get("forge")
+    return ControlSettings(review=raw.get("review", "direct"), forge=ForgeSettings(**forge) if forge else None)
 
 
 def _env_value(value: str | int | float) -> str:
@@ -255,6 +265,7 @@ def app_from_raw(name: str, raw: dict[str, Any], file: str) -> AppRegistration:
         domains=tuple(raw.get("domains", ())),
         processes=dict(sorted(raw.get("processes", {}).items())),
         forge=StatusForge(**raw["forge"]) if "forge" in raw else None,
+        auto_deploy=raw.get("auto_deploy", True),
     )
 
 
@@ -419,11 +430,25 @@ def release_from_record(raw: Any, file: str, app: str) -> Release:
             raise ValidationErrors(errors)
         return Release(app=app, commit=str(commit) if commit else None, image=image, config=config,
                        start_command=start_command, start_command_source=str(start_command_source),
-                       processes=processes.recorded_processes(raw.get("processes"), file))
+                       processes=processes.recorded_processes(raw.get("processes"), file),
+                       rollback=_recorded_rollback(raw.get("rollback"), file))
     except KeyError as e:
         raise ValidationError(file, str(e.args[0]), "is missing; re-deploy the app to rewrite the record") from None
     except ValueError as e:
         raise ValidationError(file, "image", str(e)) from None
+
+
+def _recorded_rollback(raw: Any, file: str) -> Rollback | None:
+    """The `rollback:` block `cupaas rollback` writes: {version: N, superseded: <commit sha>}."""
+    if raw is None:
+        return None
+    version = raw.get("version") if isinstance(raw, dict) else None
+    superseded = raw.get("superseded") if isinstance(raw, dict) else None
+    if (not isinstance(version, int) or isinstance(version, bool) or version < 1 or not isinstance(superseded, str)
+            or not _COMMIT_SHA.fullmatch(superseded)):
+        raise ValidationError(file, "rollback", "must be {version: <release number>, superseded: <commit sha>}; "
+                              "run `cupaas rollback` again to rewrite it")
+    return Rollback(version=version, superseded=superseded)
 
 
 def _record_command_errors(file: str, fields: Mapping[str, Any]) -> list[ValidationError]:

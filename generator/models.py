@@ -39,6 +39,14 @@ class GitOpsSettings:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    """`control:` of cupaas.yaml: how cupaas's commands (config:set, rollback --pause, ...) change the control repo."""
+
+    review: Review = "direct"
+    forge: ForgeSettings | None = None  # to open pull requests against the control repo
+
+
+@dataclass(frozen=True)
 class IngressSettings:
     class_name: str = "nginx"
     cluster_issuer: str | None = None
@@ -66,6 +74,7 @@ class Platform:
     runtimes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     mirrors: Mirrors = field(default_factory=Mirrors)
     addons: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per add-on settings
+    control: ControlSettings = field(default_factory=ControlSettings)
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ class AppRegistration:
     processes: Mapping[str, int] = field(default_factory=dict)
     # Where the commit statuses of the app's pushes go (generator/commit_status.py); None: inferred from `repo`.
     forge: StatusForge | None = None
+    auto_deploy: bool = True  # false: pushes to the branch are not deployed (`cupaas rollback --pause`)
 
     def process_replicas(self, process_type: str) -> int:
         return self.processes.get(process_type, 1)
@@ -200,6 +210,17 @@ class BuildPlan:
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """The `rollback:` block of a release record written by `cupaas rollback`."""
+
+    version: int  # the release (vN) rolled back to
+    superseded: str  # this commit and its ancestors are never deployed again by a push (a newer one is)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "superseded": self.superseded}
+
+
+@dataclass(frozen=True)
 class Release:
     """What is deployed for one app: `apps/<app>/release.yaml` in the GitOps repo."""
 
@@ -211,6 +232,7 @@ class Release:
     start_command_source: str
     # The Procfile's process types other than web (release: included), type → command, sorted by type.
     processes: Mapping[str, str] = field(default_factory=dict)
+    rollback: Rollback | None = None  # set by `cupaas rollback`; a new deploy drops it
 
     @property
     def release_command(self) -> tuple[str, str] | None:

@@ -550,6 +550,7 @@ def _release_record(release: Release) -> dict[str, Any]:
         "start_command": release.start_command,
         "start_command_source": release.start_command_source,
         **({"processes": dict(release.processes)} if release.processes else {}),
+        **({"rollback": release.rollback.as_dict()} if release.rollback else {}),
     }
 
 

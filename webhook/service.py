@@ -73,7 +73,11 @@ class Service:
             same_repo = [app for app in control.apps.values()
                          if any(repo_matches(app.repo, u) for u in event.repo_urls)]
             matched = [app for app in same_repo if app.branch == event.branch]
-            requests += [("deploy", app.name, event.commit) for app in matched]
+            requests += [("deploy", app.name, event.commit) for app in matched if app.auto_deploy]
+            paused = sorted(app.name for app in matched if not app.auto_deploy)
+            if paused:
+                reasons.append(f"automatic deploys are paused for {', '.join(paused)} (auto_deploy: false; "
+                               "`cupaas deploys:resume` turns them back on)")
             if not same_repo:
                 reasons.append(f"no registered app has the repository {event.repo_urls[0]}")
             elif not matched:
