@@ -151,6 +151,11 @@ def render_control(control: ControlRepo, gitops_dir: Path, releases: Mapping[str
             registry.addon(addon_name, f"{control.path}/cupaas.yaml", f"addons.{addon_name}")
         except ValidationError as e:
             errors.append(e)
+    for runtime_name in control.platform.runtimes:  # a misspelt runtime's settings would be ignored
+        try:
+            registry.runtime(runtime_name, f"{control.path}/cupaas.yaml", f"runtimes.{runtime_name}")
+        except ValidationError as e:
+            errors.append(e)
     files: Files = {}
     rendered: list[str] = []
     undeployed: list[str] = []

@@ -144,6 +144,7 @@ CASES: list[tuple[str, Callable[[Repo], None], str, str]] = [
     ("addon-image-invalid", lambda r: r.edit_yaml("cupaas.yaml", _set(["addons", "mongodb", "image"], "Mongo Latest")), "cupaas.yaml", "addons.mongodb.image"),
     ("addon-unknown-setting", lambda r: r.edit_yaml("cupaas.yaml", _set(["addons", "mongodb", "storage"], "9Gi")), "cupaas.yaml", "addons.mongodb.storage: unknown field"),
     ("addon-unknown", lambda r: r.edit_yaml("cupaas.yaml", _set(["addons", "oracle", "image"], "reg.example/oracle:1")), "cupaas.yaml", "addons.oracle"),
+    ("platform-runtime-unknown", lambda r: r.edit_yaml("cupaas.yaml", _set(["runtimes", "pyton", "base_image"], "reg.example/py:3")), "cupaas.yaml", "runtimes.pyton"),
     ("base-image-invalid", lambda r: r.edit_yaml("cupaas.yaml", _set(["runtimes", "python", "base_image"], "FROM evil\nRUN x")), "cupaas.yaml", "runtimes.python.base_image"),
     ("sealing-cert-missing", lambda r: (r.control / "sealing-cert.pem").unlink(), "cupaas.yaml", "sealing.cert"),
     ("sealing-cert-garbage", lambda r: r.write("sealing-cert.pem", "not a cert"), "cupaas.yaml", "sealing.cert"),
