@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,8 @@ def main() -> None:
         (control / "apps" / "echo.yaml").write_text(yaml.safe_dump({"repo": app.url, "branch": "main"}))
         kube.run("apply", "-k", str(argocd_bootstrap(root / "argocd", gitops_bare.as_uri(), "main", ENV)))
         host = f"echo.{DOMAIN}"
+        # Every release of a run is new content: no build of this run hits a layer cached by an earlier run.
+        run = uuid.uuid4().hex[:8]
         rows: list[dict[str, float]] = []
         bare_rows: list[dict[str, float]] = []
         try:
@@ -148,15 +151,15 @@ def main() -> None:
                 install_post_receive(app.bare, service.hook_url("github"), "github", None)
                 print("first deploy (dependencies into the build cache, pods created) ...", flush=True)
                 first_start = time.monotonic()
-                push_round(service, app, kube, ingress, host, "warm-up")
+                push_round(service, app, kube, ingress, host, f"warm-up-{run}")
                 print(f"  live in {time.monotonic() - first_start:.1f}s", flush=True)
                 for i in range(args.rounds):
-                    rows.append(push_round(service, app, kube, ingress, host, f"r{i}"))
+                    rows.append(push_round(service, app, kube, ingress, host, f"r{i}-{run}"))
                     print(f"  round {i}: " + ", ".join(f"{k} {v:.1f}s" for k, v in rows[-1].items()), flush=True)
             dockerfile = generated_dockerfile(control, app, root)
-            bare_setup(kube, registry, ingress_class, dockerfile, app, root)
+            bare_setup(kube, registry, ingress_class, dockerfile, app, root, run)
             for i in range(args.rounds):
-                bare_rows.append(bare_round(kube, registry, ingress, dockerfile, app, root, f"b{i}"))
+                bare_rows.append(bare_round(kube, registry, ingress, dockerfile, app, root, f"b{i}-{run}"))
                 print(f"  bare {i}: " + ", ".join(f"{k} {v:.1f}s" for k, v in bare_rows[-1].items()), flush=True)
         finally:
             kube.run("-n", "argocd", "delete", "application", "cupaas-root", "--ignore-not-found", "--wait=true",
@@ -291,8 +294,9 @@ def bare_build(registry: str, dockerfile: str, app: Any, root: Path, release: st
     return f"{tag}@{digest.group(1)}"
 
 
-def bare_setup(kube: Kube, registry: str, ingress_class: str, dockerfile: str, app: Any, root: Path) -> None:
-    image = bare_build(registry, dockerfile, app, root, "bare-0")
+def bare_setup(kube: Kube, registry: str, ingress_class: str, dockerfile: str, app: Any, root: Path,
+               run: str) -> None:
+    image = bare_build(registry, dockerfile, app, root, f"bare-{run}")
     kube.run("apply", "-f", "-", input=BARE.replace("IMAGE", image).replace("CLASS", ingress_class))
     kube.run("-n", "bench-bare", "rollout", "status", "deployment/web", "--timeout=300s")
 

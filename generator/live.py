@@ -134,7 +134,7 @@ def api_client(settings: ClusterSettings) -> Any:
 class RolloutWatcher:
     """Follows one release of one app; ``clock`` and ``sleep`` are injectable for tests of the loop."""
 
-    def __init__(self, settings: ClusterSettings, api: Any, log: Log, *, interval: float = 1.0,
+    def __init__(self, settings: ClusterSettings, api: Any, log: Log, *, interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         client = _kubernetes("kubernetes.client")
         self.settings = settings
