@@ -11,18 +11,20 @@ that does not answer is a `TransientError` worth a retry.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import re
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import docker
 import docker.errors
 import requests
 import urllib3.exceptions
 
+from .boot_check import BootFailed, BootSpec, run_boot_check
 from .errors import CupaasError, TransientError, UserError
 from .isolation.mirrors import BuildNetwork
 from .isolation.sandbox import BuildSandbox
@@ -85,6 +87,30 @@ class Builder(Protocol):
         ...
 
 
+@runtime_checkable
+class BootCheckingBuilder(Protocol):
+    """A `Builder` that can also start the image it built before pushing it (generator/boot_check.py).
+
+    A builder that cannot run images (a daemonless one) implements `Builder` only; its deploys skip the
+    boot check and say so.
+    """
+
+    def build_check_and_push(
+        self,
+        context: pathlib.Path,
+        dockerfile: str,
+        repository: str,
+        tag: str,
+        labels: Mapping[str, str],
+        log: Log,
+        network: BuildNetwork,
+        boot: BootSpec,
+    ) -> ImageRef:
+        """`Builder.build_and_push`, with the image booted per ``boot`` between the build and the push: a
+        `BootFailed` image is never pushed (and its local tag is removed)."""
+        ...
+
+
 class DockerBuilder:
     """`Builder` on a Docker engine through the docker SDK (legacy builder, isolated network).
 
@@ -110,11 +136,39 @@ class DockerBuilder:
     ) -> ImageRef:
         """See `Builder.build_and_push`. An image cupaas already pushed as ``repository:tag`` with the same
         labels (the same commit of the same repo) is reused, not rebuilt: one commit, one image."""
+        return self._build_and_push(context, dockerfile, repository, tag, labels, log, network, None)
+
+    def build_check_and_push(
+        self,
+        context: pathlib.Path,
+        dockerfile: str,
+        repository: str,
+        tag: str,
+        labels: Mapping[str, str],
+        log: Log,
+        network: BuildNetwork,
+        boot: BootSpec,
+    ) -> ImageRef:
+        """See `BootCheckingBuilder`. A reused image (already pushed) passed its boot check back then."""
+        return self._build_and_push(context, dockerfile, repository, tag, labels, log, network, boot)
+
+    def _build_and_push(self, context: pathlib.Path, dockerfile: str, repository: str, tag: str,
+                        labels: Mapping[str, str], log: Log, network: BuildNetwork,
+                        boot: BootSpec | None) -> ImageRef:
         client = self._connect()
+        ref = f"{repository}:{tag}"
         try:
             digest = self._already_pushed(client.api, repository, tag, labels, log)
             if digest is None:
-                self._build(client.api, context, dockerfile, f"{repository}:{tag}", labels, log, network)
+                self._build(client.api, context, dockerfile, ref, labels, log, network)
+                if boot is not None:
+                    try:
+                        run_boot_check(client.api, ref, boot, log)
+                    except BootFailed:
+                        # Nothing may push this tag by mistake later: only a checked image is ever pushed.
+                        with contextlib.suppress(docker.errors.APIError):
+                            client.api.remove_image(ref, noprune=True)
+                        raise
                 digest = self._push(client.api, repository, tag, log)
         finally:
             client.close()

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .app_source import AppSource, OlderCommit
-from .builder import Builder
+from .boot_check import boot_spec
+from .builder import BootCheckingBuilder, Builder
 from .errors import CupaasError, TransientError, ValidationError
 from .forges import ForgeClient, PullRequest, forge_client_from_env
 from .git_cache import locked
@@ -34,7 +35,7 @@ from .rendering import Sealer
 from .source import DirectorySource
 
 Log = Callable[[str], None]
-STEPS = ("configure", "fetch", "plan", "build", "push", "render", "commit")
+STEPS = ("configure", "fetch", "plan", "build", "boot", "push", "render", "commit")
 
 
 class DeployError(CupaasError):
@@ -87,7 +88,9 @@ class _Steps:
         self.current, self._since = name, now
 
     def log(self, line: str) -> None:
-        if line.startswith("-----> Pushing") and self.current == "build":
+        if line.startswith("-----> Boot check") and self.current == "build":
+            self._switch("boot")
+        if line.startswith("-----> Pushing") and self.current in ("build", "boot"):
             self._switch("push")
         self._log(line)
 
@@ -180,8 +183,14 @@ class Deployer:
             with steps.step("plan"):
                 config, plan = plan_app(control, app, DirectorySource(source_dir), registry,
                                         shown=f"{app}@{fetched.sha[:12]}: .cupaas")
-                log(f"-----> {config.runtime} app, dependencies from {plan.dependencies}"
+                version = (f" {plan.runtime_version} ({plan.runtime_version_source})"
+                           if plan.runtime_version else "")
+                dependencies = (f"dependencies from {plan.dependencies}" if plan.dependencies != "none"
+                                else "no dependency file")
+                log(f"-----> {config.runtime}{version} app, {dependencies}"
                     + (f", services: {', '.join(config.services)}" if config.services else ""))
+                for note in plan.notes:
+                    log(f"       {note}")
                 log(f"       start command ({plan.start_command_source}): {plan.start_command or 'the image CMD'}")
                 network = _build_network(platform, plan, app)
                 # Render once with a stand-in image, so a render error stops the deploy before the build.
@@ -192,10 +201,19 @@ class Deployer:
             with steps.step("build"), _build_lock(repository, fetched.sha):
                 # Deploys of one commit on this machine build one at a time, whatever their state dir:
                 # the later ones find the image in the registry and reuse it instead of re-pointing the tag.
-                image = self.builder.build_and_push(
-                    source_dir, plan.dockerfile, repository, fetched.sha,
-                    {"org.opencontainers.image.source": registration.repo,
-                     "org.opencontainers.image.revision": fetched.sha}, log, network)
+                labels = {"org.opencontainers.image.source": registration.repo,
+                          "org.opencontainers.image.revision": fetched.sha}
+                boot = boot_spec(config, plan.start_command, registration,
+                                 [registry.addon(s, f"{app}: .cupaas", "services") for s in config.services],
+                                 AppLayout(app, platform.environment).namespace)
+                if boot is not None and isinstance(self.builder, BootCheckingBuilder):
+                    image = self.builder.build_check_and_push(source_dir, plan.dockerfile, repository, fetched.sha,
+                                                              labels, log, network, boot)
+                else:
+                    log("       boot check: " + ("off (.cupaas boot_check: false)" if boot is None
+                                                 else "skipped, this builder cannot start images"))
+                    image = self.builder.build_and_push(source_dir, plan.dockerfile, repository, fetched.sha,
+                                                        labels, log, network)
             log(f"       pushed {image}")
         layout = AppLayout(app, platform.environment)
         previous: dict[str, str | None] = {}

@@ -398,6 +398,7 @@ def parse_app_config(text: str, file: str = DOTCUPAAS) -> AppConfig:
         dockerfile=raw.get("dockerfile"),
         release=raw.get("release"),
         cron=processes.cron_from_raw(raw.get("cron", [])),
+        boot_check=raw.get("boot_check"),
     )
 
 
@@ -431,7 +432,9 @@ def release_from_record(raw: Any, file: str, app: str) -> Release:
         return Release(app=app, commit=str(commit) if commit else None, image=image, config=config,
                        start_command=start_command, start_command_source=str(start_command_source),
                        processes=processes.recorded_processes(raw.get("processes"), file),
-                       rollback=_recorded_rollback(raw.get("rollback"), file))
+                       rollback=_recorded_rollback(raw.get("rollback"), file),
+                       runtime_version=_recorded_text(raw, "runtime_version", file),
+                       runtime_version_source=_recorded_text(raw, "runtime_version_source", file))
     except KeyError as e:
         raise ValidationError(file, str(e.args[0]), "is missing; re-deploy the app to rewrite the record") from None
     except ValueError as e:
@@ -449,6 +452,14 @@ def _recorded_rollback(raw: Any, file: str) -> Rollback | None:
         raise ValidationError(file, "rollback", "must be {version: <release number>, superseded: <commit sha>}; "
                               "run `cupaas rollback` again to rewrite it")
     return Rollback(version=version, superseded=superseded)
+
+
+def _recorded_text(raw: Mapping[str, Any], field: str, file: str) -> str | None:
+    """An optional one-line text field of a release record (the runtime version and why it was chosen)."""
+    value = raw.get(field)
+    if value is not None and (not isinstance(value, str) or not value.isprintable()):
+        raise ValidationError(file, field, "must be text on one line; re-deploy the app to rewrite the record")
+    return value
 
 
 def _record_command_errors(file: str, fields: Mapping[str, Any]) -> list[ValidationError]:

@@ -122,6 +122,7 @@ class AppConfig:
     dockerfile: str | None = None  # build with the app's own Dockerfile instead of the runtime's
     release: str | None = None  # the release phase command; else the Procfile's release: line
     cron: tuple[CronEntry, ...] = ()
+    boot_check: bool | int | None = None  # seconds the boot check waits (generator/boot_check.py); false: none
 
     def as_dict(self) -> dict[str, Any]:
         """The record written to release.yaml; omits unset optional fields so it stays short."""
@@ -139,6 +140,8 @@ class AppConfig:
             out["release"] = self.release
         if self.cron:
             out["cron"] = [entry.as_dict() for entry in self.cron]
+        if self.boot_check is not None:
+            out["boot_check"] = self.boot_check
         return out
 
 
@@ -207,6 +210,9 @@ class BuildPlan:
     mirror: str | None = None  # the `mirrors.<name>` of cupaas.yaml the dependency install needs
     # The Procfile's process types other than web (release: included), type → command.
     processes: Mapping[str, str] = field(default_factory=dict)
+    runtime_version: str | None = None  # the language version built with, "3.13"; None: the runtime has none
+    runtime_version_source: str | None = None  # why that one: ".python-version", "platform default", ...
+    notes: tuple[str, ...] = ()  # lines for the deploy log about the plan (deprecations, files not used)
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,8 @@ class Release:
     # The Procfile's process types other than web (release: included), type → command, sorted by type.
     processes: Mapping[str, str] = field(default_factory=dict)
     rollback: Rollback | None = None  # set by `cupaas rollback`; a new deploy drops it
+    runtime_version: str | None = None  # the language version the image was built with (BuildPlan)
+    runtime_version_source: str | None = None  # why that version: ".python-version: 3.13", "platform default"
 
     @property
     def release_command(self) -> tuple[str, str] | None:

@@ -48,7 +48,8 @@ def plan_app(control: ControlRepo, app: str, source: SourceTree, registry: Plugi
             raise ValidationError(shown, f"services.{i}",
                                   f"the app is named {app!r} like this add-on; rename the app")
     try:
-        return config, plan_build(runtime, source, config, control.platform)
+        env = control.apps[app].env if app in control.apps else {}
+        return config, plan_build(runtime, source, config, control.platform, env)
     except ValidationError as e:
         raise _in_source(e, shown, source) from None
     except UserError as e:
@@ -101,13 +102,15 @@ def release_for(control: ControlRepo, gitops_dir: Path, app: str, source_dir: st
     commit = recorded.commit if recorded.image == image else commit_of(image)
     return Release(app=app, commit=commit, image=image, config=recorded.config,
                    start_command=recorded.start_command, start_command_source=recorded.start_command_source,
-                   processes=recorded.processes)
+                   processes=recorded.processes, runtime_version=recorded.runtime_version,
+                   runtime_version_source=recorded.runtime_version_source)
 
 
 def release_of(app: str, config: AppConfig, plan: BuildPlan, image: ImageRef, commit: str | None) -> Release:
     return Release(app=app, commit=commit or commit_of(image), image=image, config=config,
                    start_command=plan.start_command, start_command_source=plan.start_command_source,
-                   processes=plan.processes)
+                   processes=plan.processes, runtime_version=plan.runtime_version,
+                   runtime_version_source=plan.runtime_version_source)
 
 
 def commit_of(image: ImageRef) -> str | None:

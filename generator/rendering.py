@@ -549,6 +549,8 @@ def _release_record(release: Release) -> dict[str, Any]:
         "cupaas": release.config.as_dict(),
         "start_command": release.start_command,
         "start_command_source": release.start_command_source,
+        **({"runtime_version": release.runtime_version, "runtime_version_source": release.runtime_version_source}
+           if release.runtime_version else {}),
         **({"processes": dict(release.processes)} if release.processes else {}),
         **({"rollback": release.rollback.as_dict()} if release.rollback else {}),
     }

@@ -17,6 +17,7 @@ Adding a runtime is adding a folder; only a new dependency-file *format* needs a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import posixpath
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from .errors import UserError, ValidationError
 from .models import AppConfig, BuildPlan, Platform
@@ -52,6 +54,7 @@ class DependencySet:
     packages: tuple[str, ...] | None = None  # pinned requirements to install; None: install from files
     names: frozenset[str] = frozenset()  # normalised package names (with `name[extra]`), for detection
     needs_source: bool = False  # installs something from the app itself: run after copying the source
+    hashed: bool = False  # every package line carries the lock's --hash options: install with --require-hashes
 
 
 # --- readers: one per dependency-file format, chosen by name in runtime.yaml -------------------------
@@ -176,15 +179,33 @@ def _marker(conditions: set[Condition]) -> str | None:
     return " or ".join(f"({a})" for a in alternatives)
 
 
-def _pinned(name: str, version: str, url: str | None, marker: str | None) -> str:
+_HASH = re.compile(r"(sha256|sha384|sha512):[0-9a-f]{64,128}")
+
+
+def _pinned(name: str, version: str, url: str | None, marker: str | None, hashes: Iterable[str] = ()) -> str:
     requirement = f"{name} @ {url}" if url else f"{name}=={version}"
     # Double quotes inside markers keep the shell-quoted form in the Dockerfile readable.
-    return f"{requirement} ; " + marker.replace("'", '"') if marker else requirement
+    line = f"{requirement} ; " + marker.replace("'", '"') if marker else requirement
+    # pip reads `--hash` options after the marker, in a requirements file (see runtime.yaml).
+    return line + "".join(f" --hash={h}" for h in sorted(set(hashes)))
+
+
+def _hashes(path: str, where: str, values: Iterable[Any]) -> list[str]:
+    """Hash strings of a lock entry as pip writes them (``sha256:<hex>``); anything else is the lock's error."""
+    out = []
+    for value in values:
+        if not isinstance(value, str) or not _HASH.fullmatch(value):
+            raise ValidationError(path, where, f"{str(value)[:80]!r} is not a hash like sha256:<64 hex digits>; "
+                                  "regenerate the lock file")
+        out.append(value)
+    return out
 
 
 def _locked(lines: list[str]) -> DependencySet:
     names = set().union(*(_requirement_names(line) for line in lines))
-    return DependencySet(packages=tuple(sorted(lines, key=str.lower)), names=frozenset(names))
+    # --require-hashes holds every requirement to a hash: only when the lock has one for each package.
+    hashed = bool(lines) and all(" --hash=" in line for line in lines)
+    return DependencySet(packages=tuple(sorted(lines, key=str.lower)), names=frozenset(names), hashed=hashed)
 
 
 def _read_uv_lock(source: SourceTree, path: str) -> DependencySet | None:
@@ -222,17 +243,23 @@ def _read_uv_lock(source: SourceTree, path: str) -> DependencySet | None:
         if "git" in origin:
             repo, _, commit = origin["git"].partition("#")
             url = f"git+{repo.split('?')[0]}@{commit}"
-        lines.append(_pinned(package["name"], package["version"], url, marker))
+        artifacts = [package["sdist"]] if isinstance(package.get("sdist"), dict) else []
+        artifacts += [w for w in package.get("wheels", []) if isinstance(w, dict)]
+        hashes = _hashes(path, f"package {package['name']}", [a["hash"] for a in artifacts if "hash" in a])
+        lines.append(_pinned(package["name"], package["version"], url, marker, hashes))
     return _locked(lines)
 
 
 def _read_poetry_lock(source: SourceTree, path: str) -> DependencySet | None:
     """poetry.lock: its `main` group (Poetry 2 locks and old `category` locks say which packages are in
     it; otherwise the graph is walked from the pyproject.toml dependencies)."""
-    packages = [p for p in (_toml(source, path) or {}).get("package", []) if isinstance(p, dict)]
+    lock = _toml(source, path) or {}
+    packages = [p for p in lock.get("package", []) if isinstance(p, dict)]
     by_name: dict[str, list[dict[str, Any]]] = {}
     for package in packages:
         by_name.setdefault(canonical_name(package["name"]), []).append(package)
+    # Poetry 1.0-1.4 keep the files (and their hashes) in [metadata.files]; later ones in each package.
+    old_files = lock.get("metadata", {}).get("files", {})
 
     def line(package: Mapping[str, Any], marker: str | None) -> str | None:
         origin = package.get("source", {})
@@ -241,7 +268,10 @@ def _read_poetry_lock(source: SourceTree, path: str) -> DependencySet | None:
         url = origin.get("url") if origin.get("type") == "url" else None
         if origin.get("type") == "git":
             url = f"git+{origin['url']}@{origin.get('resolved_reference') or origin['reference']}"
-        return _pinned(package["name"], package["version"], url, marker)
+        files = package.get("files") or old_files.get(package["name"]) or []
+        hashes = _hashes(path, f"package {package['name']}",
+                         [f["hash"] for f in files if isinstance(f, dict) and "hash" in f])
+        return _pinned(package["name"], package["version"], url, marker, hashes)
 
     if any("groups" in p or "category" in p for p in packages):
         selected = []
@@ -288,12 +318,128 @@ def _read_poetry_lock(source: SourceTree, path: str) -> DependencySet | None:
     return _locked([s for s in lines if s])
 
 
+def _read_pipfile_lock(source: SourceTree, path: str) -> DependencySet:
+    """Pipfile.lock: its `default` section (the develop one is for development), hashes included."""
+    text = source.read_text(path) or ""
+    try:
+        lock = json.loads(text)
+    except ValueError as e:
+        raise ValidationError(path, "", f"invalid JSON ({e}); run `pipenv lock` again") from None
+    default = lock.get("default", {}) if isinstance(lock, dict) else None
+    if not isinstance(default, dict):
+        raise ValidationError(path, "default", "must be a table of packages; run `pipenv lock` again")
+    lines = []
+    for name, entry in sorted(default.items()):
+        if not isinstance(entry, dict):
+            raise ValidationError(path, f"default.{name}", "must be a table; run `pipenv lock` again")
+        if "path" in entry or "file" in entry:
+            continue  # the app itself (`-e .`), copied with the source
+        extras = entry.get("extras", [])
+        requirement = f"{name}[{','.join(extras)}]" if extras else name
+        url = f"git+{entry['git']}@{entry.get('ref', '')}".rstrip("@") if "git" in entry else None
+        version = str(entry.get("version", "")).removeprefix("==")
+        hashes = _hashes(path, f"default.{name}.hashes", entry.get("hashes", []))
+        if not url and (not version or version == "*"):
+            lines.append(requirement + "".join(f" --hash={h}" for h in sorted(set(hashes))))
+            continue
+        lines.append(_pinned(requirement, version, url, entry.get("markers"), hashes))
+    return _locked(lines)
+
+
+def _read_pipfile(source: SourceTree, path: str) -> DependencySet:
+    """A Pipfile alone: refused, since only its lock says exactly what to install (as on Heroku)."""
+    raise ValidationError(path, "", "has no Pipfile.lock next to it: cupaas installs exactly the locked packages; "
+                          "run `pipenv lock` and commit Pipfile.lock")
+
+
 READERS: Mapping[str, Reader] = {
     "copy": _read_copy,
     "requirements": _read_requirements,
     "pep621": _read_pep621,
     "uv-lock": _read_uv_lock,
     "poetry-lock": _read_poetry_lock,
+    "pipfile-lock": _read_pipfile_lock,
+    "pipfile": _read_pipfile,
+}
+
+
+# --- version readers: where an app names its language version ----------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionAsk:
+    """What one file asks for: an exact minor ("3.13"), or a range for the newest available to satisfy."""
+
+    text: str  # as written in the file, for messages
+    minor: str | None = None
+    allows: Callable[[str], bool] | None = None  # for a range: does it admit this minor?
+    field: str = ""  # where in the file, for messages
+
+
+_MINOR = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?")
+VersionReader = Callable[[SourceTree, str], VersionAsk | None]
+
+
+def _exact(path: str, text: str, where: str = "") -> VersionAsk:
+    match = _MINOR.fullmatch(text)
+    if match is None:
+        raise ValidationError(path, where, f"{text[:60]!r} is not a Python version; write one such as 3.13 or 3.13.1")
+    return VersionAsk(text=text, minor=f"{int(match[1])}.{int(match[2])}")
+
+
+def _read_version_file(source: SourceTree, path: str) -> VersionAsk | None:
+    """`.python-version` (pyenv, uv): its first line that is neither empty nor a comment."""
+    for line in (source.read_text(path) or "").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return _exact(path, line)
+    return None
+
+
+def _read_runtime_txt(source: SourceTree, path: str) -> VersionAsk | None:
+    """`runtime.txt` as Heroku read it: `python-3.13.1`."""
+    text = (source.read_text(path) or "").strip()
+    if not text:
+        return None
+    if not text.startswith("python-"):
+        raise ValidationError(path, "", f"{text[:60]!r} is not a Python version; write one such as python-3.13.1 "
+                              "(or, better, 3.13 in .python-version)")
+    return _exact(path, text.removeprefix("python-"))
+
+
+def _read_pipfile_lock_python(source: SourceTree, path: str) -> VersionAsk | None:
+    try:
+        lock = json.loads(source.read_text(path) or "{}")
+    except ValueError:
+        return None  # the dependency reader names the broken file
+    requires = lock.get("_meta", {}).get("requires", {}) if isinstance(lock, dict) else {}
+    value = requires.get("python_version") or requires.get("python_full_version")
+    return _exact(path, str(value), "_meta.requires.python_version") if value else None
+
+
+def _read_requires_python(source: SourceTree, path: str) -> VersionAsk | None:
+    """`[project].requires-python` of a pyproject.toml: a range (PEP 440), such as >=3.12."""
+    project = (_toml(source, path) or {}).get("project")
+    value = project.get("requires-python") if isinstance(project, dict) else None
+    if value is None:
+        return None
+    try:
+        specifier = SpecifierSet(str(value))
+    except InvalidSpecifier as e:
+        raise ValidationError(path, "project.requires-python", f"{e}; write a range such as >=3.12") from None
+
+    def allows(minor: str) -> bool:
+        # A minor qualifies when some release of it does: its first one or a late patch release.
+        return any(specifier.contains(f"{minor}.{patch}") for patch in (0, 99))
+
+    return VersionAsk(text=str(value), allows=allows, field="project.requires-python")
+
+
+VERSION_READERS: Mapping[str, VersionReader] = {
+    "version-file": _read_version_file,
+    "runtime-txt": _read_runtime_txt,
+    "pipfile-lock-python": _read_pipfile_lock_python,
+    "requires-python": _read_requires_python,
 }
 
 
@@ -352,20 +498,114 @@ class _Run:
             raise self.spec_error(where, f"template error: {e}") from e
 
 
+# cupaas.yaml settings of a runtime with `versions`: an image per version, and the default version.
+VERSION_SETTINGS = ("default_version", "images")
+
+
+def _single_line(value: Any, where: str) -> str:
+    # Settings land in Dockerfile lines: a newline would smuggle in instructions of its own.
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise ValidationError("cupaas.yaml", where, "must be a non-empty single-line string")
+    return value
+
+
 def _settings(plugin: Plugin, platform: Platform) -> dict[str, str]:
     settings = {k: platform_default(v, platform.registry) for k, v in plugin.spec["defaults"].items()}
+    versioned = "versions" in plugin.spec
     for key, value in sorted(platform.runtimes.get(plugin.name, {}).items()):
         where = f"runtimes.{plugin.name}.{key}"
+        if versioned and key in VERSION_SETTINGS:
+            continue  # see _images
         if key not in settings:
-            known = ", ".join(sorted(settings)) or "none"
+            known = ", ".join(sorted([*settings, *(VERSION_SETTINGS if versioned else ())])) or "none"
             raise ValidationError(
                 "cupaas.yaml", where, f"unknown setting; runtime {plugin.name} accepts: {known}"
             )
-        # Settings land in Dockerfile lines: a newline would smuggle in instructions of its own.
-        if not isinstance(value, str) or not value.strip() or "\n" in value:
-            raise ValidationError("cupaas.yaml", where, "must be a non-empty single-line string")
-        settings[key] = value
+        settings[key] = _single_line(value, where)
     return settings
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _images(plugin: Plugin, platform: Platform, settings: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The image of each available version and the default version, from the spec and cupaas.yaml."""
+    spec = plugin.spec["versions"]
+    given = platform.runtimes.get(plugin.name, {})
+    where = f"runtimes.{plugin.name}"
+    template = platform_default(spec["image"], platform.registry)
+    images = {v: template.replace("{version}", v) for v in spec["available"]}
+    default = given.get("default_version", _tagged_version(given.get("base_image")) or spec["default"])
+    if not isinstance(default, str) or not _MINOR.fullmatch(default):
+        raise ValidationError("cupaas.yaml", f"{where}.default_version", 'must be a version such as "3.13"')
+    if "base_image" in given:
+        images[default] = settings["base_image"]  # base_image predates versions: the default version's image
+    extra = given.get("images", {})
+    if not isinstance(extra, Mapping):
+        raise ValidationError("cupaas.yaml", f"{where}.images", 'must map versions to images, such as "3.13": REF')
+    for version, image in sorted(extra.items()):
+        if not _MINOR.fullmatch(str(version)) or str(version).count(".") != 1:
+            raise ValidationError("cupaas.yaml", f"{where}.images.{version}", 'must be a version such as "3.13"')
+        images[str(version)] = _single_line(image, f"{where}.images.{version}")
+    if default not in images:
+        raise ValidationError("cupaas.yaml", f"{where}.default_version",
+                              f"{default} has no image; available: {', '.join(sorted(images, key=_version_key))} "
+                              f"(add one under {where}.images)")
+    return images, default
+
+
+def _tagged_version(image: Any) -> str | None:
+    """The minor version a base image's tag names (`.../python:3.11`, `python:3.12-slim`), if it names one:
+    a `base_image` of a platform from before versions is the image of that version, not of the spec's default."""
+    if not isinstance(image, str):
+        return None
+    tag = image.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
+    found = re.match(r"(\d+\.\d+)(?:\.\d+)?(?![\d.])", tag)
+    return found.group(1) if found else None
+
+
+@dataclass(frozen=True)
+class _Version:
+    number: str
+    source: str  # why this one, for the Dockerfile header, the deploy log and release.yaml
+    image: str
+    notes: tuple[str, ...] = ()
+
+
+def _read_version(reader: str, source: SourceTree, path: str) -> VersionAsk | None:
+    try:
+        return VERSION_READERS[reader](source, path)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError, RecursionError) as e:
+        raise ValidationError(path, "", f"cupaas cannot read the version in it ({e.__class__.__name__}); "
+                              "check its structure") from None
+
+
+def _choose_version(run: _Run, images: Mapping[str, str], default: str) -> _Version:
+    """The version the first file naming one asks for, else the platform default; one without an image stops."""
+    available = sorted(images, key=_version_key)
+    language = run.plugin.name
+    for entry in run.plugin.spec["versions"]["sources"]:
+        path = entry["file"]
+        ask = _read_version(entry["reader"], run.source, path) if run.source.exists(path) else None
+        if ask is None:
+            continue
+        notes = (f"{path}: {entry['deprecated']}",) if "deprecated" in entry else ()
+        if ask.minor is not None:
+            if ask.minor not in images:
+                raise ValidationError(
+                    path, "", f"asks for {language} {ask.minor} ({ask.text}), but this platform has images for "
+                    f"{', '.join(available)} only: ask for one of those, or have the platform add an image for "
+                    f"{ask.minor} (cupaas.yaml runtimes.{language}.images)")
+            return _Version(ask.minor, f"{path}: {ask.text}", images[ask.minor], notes)
+        allowed = [v for v in available if ask.allows and ask.allows(v)]
+        if not allowed:
+            pin = run.plugin.spec["versions"]["sources"][0]["file"]
+            raise ValidationError(
+                path, ask.field, f"{ask.text!r} allows none of the {language} versions this platform has images "
+                f"for ({', '.join(available)}); widen the range, or name one of them in {pin}")
+        return _Version(allowed[-1], f"{path}: {ask.text}, the newest available", images[allowed[-1]], notes)
+    return _Version(default, "platform default", images[default])
 
 
 @dataclass(frozen=True)
@@ -374,6 +614,7 @@ class _Dependencies:
     found: DependencySet
     install: str | None
     looked_for: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 def _read_dependencies(reader: str, source: SourceTree, path: str) -> DependencySet | None:
@@ -404,15 +645,28 @@ def _dependencies(run: _Run) -> _Dependencies:
             if re.search(r"[\x00-\x1f\x7f]", package):
                 raise ValidationError(path, "", f"{package!r} contains a control character")
         extra = tuple(f for f in entry.get("copy", []) if run.source.exists(f) and f not in found.files)
-        found = DependencySet(found.files + extra, found.packages, found.names, found.needs_source)
+        found = dataclasses.replace(found, files=found.files + extra)
         install = None
+        notes = []
         if found.packages is None or found.packages:
             # One package a line, so a dependency bump shows as a one-line diff of the Dockerfile.
             words = "".join(f" \\\n    {shlex.quote(p)}" for p in found.packages or ()).lstrip(" ")
-            values = {"packages": words, "file": path}
+            values = {"packages": words, "file": path, "hashed": found.hashed}
             install = run.render(f"dependencies.{index}.install", entry["install"], values)
-        return _Dependencies(path, found, install, ())
-    return _Dependencies(None, DependencySet(), None, tuple(e["file"] for e in entries))
+        if found.packages is not None:
+            count = len(found.packages)
+            notes.append(f"{path}: {count} package{'s' if count != 1 else ''} pinned"
+                         + (", hashes checked (pip --require-hashes)" if found.hashed
+                            else ", not every one with a hash: hashes not checked" if count else ""))
+        # A lock's own manifest (Pipfile beside Pipfile.lock) is not another choice.
+        others = [e["file"] for e in entries
+                  if e["file"] not in (path, path.removesuffix(".lock")) and run.source.exists(e["file"])]
+        if others:
+            notes.append(f"also found {', '.join(others)}: not used, {path} comes first")
+        return _Dependencies(path, found, install, (), tuple(notes))
+    looked_for = tuple(e["file"] for e in entries)
+    return _Dependencies(None, DependencySet(), None, looked_for,
+                         (f"no dependency file (looked for {', '.join(looked_for)}): nothing to install",))
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -457,7 +711,8 @@ def _match(run: _Run, path: str, patterns: list[re.Pattern[str]]) -> dict[str, s
     return None
 
 
-def _detect(run: _Run, names: frozenset[str], tried: list[str]) -> tuple[str, str] | None:
+def _detect(run: _Run, deps: _Dependencies, tried: list[str]) -> tuple[str, str] | None:
+    names = deps.found.names
     for index, rule in enumerate(run.plugin.spec["start"]["detect"]):
         where = f"start.detect.{index}"
         label = f"{rule['framework']}, {rule['describe']}"
@@ -465,7 +720,8 @@ def _detect(run: _Run, names: frozenset[str], tried: list[str]) -> tuple[str, st
             r for r in rule.get("requires", []) if not {canonical_name(a) for a in r.split("|")} & names
         ]
         if missing:
-            tried.append(f"{label}: the dependencies lack {', '.join(missing)}")
+            lacking = (f"{deps.file} lacks" if deps.file else "there is no dependency file to install")
+            tried.append(f"{label}: {lacking} {', '.join(missing)}")
             continue
         try:
             patterns = [re.compile(p, re.MULTILINE) for p in rule.get("match", [])]
@@ -513,7 +769,7 @@ def _start_command(run: _Run, config: AppConfig, deps: _Dependencies) -> tuple[s
     tried = [".cupaas run: not set", origin]
     if deps.file is None:
         tried.append(f"dependencies: none found (looked for {', '.join(deps.looked_for)})")
-    detected = _detect(run, deps.found.names, tried)
+    detected = _detect(run, deps, tried)
     if detected:
         return detected
     listed = "\n".join(f"  - {t}" for t in tried)
@@ -547,24 +803,61 @@ def _app_dockerfile(plugin: Plugin, source: SourceTree, config: AppConfig, path:
     )
 
 
-def plan_build(plugin: Plugin, source: SourceTree, config: AppConfig, platform: Platform) -> BuildPlan:
-    """Decide how to build and start one app source with a runtime plugin; same inputs, same bytes."""
+def _build_steps(run: _Run, env: Mapping[str, str]) -> tuple[list[dict[str, str]], list[str]]:
+    """The spec's build steps that apply to this source (rendered), and log lines about them."""
+    steps: list[dict[str, str]] = []
+    notes: list[str] = []
+    for index, step in enumerate(run.plugin.spec.get("build_steps", [])):
+        path = next(_candidates(run, step["files"]), None)
+        if path is None:
+            continue
+        skip = step.get("unless_env")
+        if skip and env.get(skip, "") not in ("", "0"):
+            notes.append(f"{step['name']}: skipped ({skip} is set in the app's env)")
+            continue
+        values = _match(run, path, [])
+        if values is None:
+            notes.append(f"{step['name']}: skipped ({path} is not a path cupaas puts in a command)")
+            continue
+        steps.append({"name": step["name"], "path": path,
+                      "run": run.render(f"build_steps.{index}.run", step["run"], values).strip()})
+        notes.append(f"{step['name']}: runs in the build ({path} found)")
+    return steps, notes
+
+
+def plan_build(plugin: Plugin, source: SourceTree, config: AppConfig, platform: Platform,
+               env: Mapping[str, str] | None = None) -> BuildPlan:
+    """Decide how to build and start one app source with a runtime plugin; same inputs, same bytes.
+
+    ``env`` is the app's plain env (apps/<app>.yaml): build steps may be switched off there.
+    """
     settings = _settings(plugin, platform)
+    run = _Run(plugin, source)
+    version = None
+    if "versions" in plugin.spec:
+        images, default = _images(plugin, platform, settings)
+        if config.dockerfile is not None:
+            version = _Version(default, "platform default", images[default])
+        else:
+            version = _choose_version(run, images, default)
+        settings["base_image"] = version.image
     if config.dockerfile is not None:
         return _app_dockerfile(plugin, source, config, config.dockerfile, settings)
-    run = _Run(plugin, source)
     deps = _dependencies(run)
     command, origin = _start_command(run, config, deps)
+    steps, step_notes = _build_steps(run, env or {})
     values = {
         "runtime": plugin.name,
         "settings": settings,
         "port": config.port,
+        "version": {"number": version.number, "source": version.source} if version else None,
         "dependencies": {
             "file": deps.file,
             "files": list(deps.found.files),
             "install": deps.install,
             "after_source": deps.found.needs_source,
         },
+        "build_steps": steps,
         "start": {"command": command, "source": origin},
         "cmd": json.dumps(["/bin/sh", "-c", f"exec {command}"], ensure_ascii=False),
     }
@@ -581,4 +874,7 @@ def plan_build(plugin: Plugin, source: SourceTree, config: AppConfig, platform: 
         base_image=settings.get("base_image"),
         mirror=plugin.spec.get("mirror") if deps.install else None,
         processes=_procfile_processes(source),
+        runtime_version=version.number if version else None,
+        runtime_version_source=version.source if version else None,
+        notes=(*((f"base image: {version.image}", *version.notes) if version else ()), *deps.notes, *step_notes),
     )

@@ -22,7 +22,7 @@ import docker
 import pytest
 from loopback import HTTP, MANIFEST_TYPES, free_port
 
-from generator.builder import DockerBuilder, _without_userinfo
+from generator.builder import BootCheckingBuilder, DockerBuilder, _without_userinfo
 from generator.errors import TransientError, UserError
 from generator.models import ImageRef
 
@@ -271,3 +271,15 @@ def test_unreachable_engine_raises_transient_error(tmp_path: pathlib.Path) -> No
         builder.build_and_push(tmp_path, "FROM scratch\n", "127.0.0.1:5000/x", "t", {}, log.append)
     del caught
     gc.collect()  # report the leaked socket under this test's filter, not at the end of the session
+
+
+class PlainBuilder:
+    """A `Builder` that cannot start images (as a daemonless one would be)."""
+
+    def build_and_push(self, *args: object, **kwargs: object) -> ImageRef:
+        raise AssertionError("not called")
+
+
+def test_docker_builder_boot_checks_and_a_builder_without_it_is_told_apart() -> None:
+    assert isinstance(DockerBuilder(), BootCheckingBuilder)
+    assert not isinstance(PlainBuilder(), BootCheckingBuilder)

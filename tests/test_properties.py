@@ -275,14 +275,23 @@ def _toml_files(name: str, base: dict[str, Any]) -> st.SearchStrategy[dict[str, 
     return st.fixed_dictionaries({name: text}, optional=extra)
 
 
+PIPFILE_LOCK = {"_meta": {"requires": {"python_version": "3.13"}}, "default": {
+    "flask": {"version": "==3.0.0", "hashes": ["sha256:" + "a" * 64], "markers": "python_version >= '3.8'"},
+    "acme": {"git": "https://x/acme.git", "ref": "abc"}, "tasks": {"path": ".", "editable": True},
+    "requests": {"version": "*", "extras": ["socks"]}}, "develop": {"pytest": {"version": "==8.0.0"}}}
 FILE_OF = {"uv-lock": "uv.lock", "poetry-lock": "poetry.lock", "pep621": "pyproject.toml",
-           "requirements": "requirements.txt", "copy": "requirements.txt"}
+           "requirements": "requirements.txt", "copy": "requirements.txt", "pipfile-lock": "Pipfile.lock",
+           "pipfile": "Pipfile"}
 LOCK_INPUTS = st.one_of(
     _toml_files("uv.lock", UV_LOCK).map(lambda f: LockInput("uv-lock", f)),
     st.one_of(_toml_files("poetry.lock", POETRY_LOCK), _toml_files("poetry.lock", POETRY_LOCK_OLD)).map(
         lambda f: LockInput("poetry-lock", f)),
     _toml_files("pyproject.toml", PYPROJECT).map(lambda f: LockInput("pep621", f)),
     _requirements_files().map(lambda f: LockInput("requirements", f)),
+    st.fixed_dictionaries({"Pipfile.lock": st.one_of(
+        mutated(PIPFILE_LOCK, keys=st.text(max_size=8)).map(json.dumps), st.text(max_size=60))}).map(
+        lambda f: LockInput("pipfile-lock", f)),
+    st.fixed_dictionaries({"Pipfile": st.text(max_size=60)}).map(lambda f: LockInput("pipfile", f)),
 )
 
 

@@ -66,7 +66,8 @@ def test_dependencies_come_from_first_file_by_precedence(python: Plugin, case: s
             "uv.lock",
             (
                 "acme-utils @ git+https://git.example.com/acme/utils@0123456789abcdef0123456789abcdef01234567",
-                "click==8.1.7",
+                # The lock's hashes travel with each package; not every package has one, so none is enforced.
+                "click==8.1.7 --hash=sha256:ca9853ad459e787e2192211578cc907e7594e294c7ccc834310722b41b9ca6de",
                 'colorama==0.4.6 ; sys_platform == "win32"',
                 "flask==3.1.0",
                 "gunicorn==23.0.0",
@@ -238,16 +239,16 @@ def test_undetectable_start_command_names_cupaas_run_with_example(python: Plugin
     assert (error.file, error.field) == (".cupaas", "run")
     assert "run: gunicorn app:app" in error.message
     assert "Procfile: not found" in error.message
-    assert "Flask, a module-level `app = Flask(...)`: the dependencies lack flask, gunicorn" in error.message
+    assert "Flask, a module-level `app = Flask(...)`: requirements.txt lacks flask, gunicorn" in error.message
 
 
 def test_undetectable_start_command_says_which_package_is_missing(python: Plugin) -> None:
-    with pytest.raises(ValidationError, match=r"Flask, .*: the dependencies lack gunicorn\n"):
+    with pytest.raises(ValidationError, match=r"Flask, .*: requirements.txt lacks gunicorn\n"):
         plan(python, DATA / "flask-no-server")
 
 
 def test_undetectable_start_command_says_no_dependency_file_was_found(python: Plugin) -> None:
-    looked_for = "looked for uv.lock, poetry.lock, requirements.txt, pyproject.toml"
+    looked_for = "looked for uv.lock, poetry.lock, Pipfile.lock, requirements.txt, Pipfile, pyproject.toml"
     with pytest.raises(ValidationError, match=looked_for):
         plan(python, DATA / "bare")
 
@@ -310,7 +311,7 @@ def test_base_image_overridden_by_platform(python: Plugin) -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"image": "python:3.13"}, "unknown setting; runtime python accepts: base_image"),
+        ({"image": "python:3.13"}, "unknown setting; runtime python accepts: base_image, default_version, images"),
         ({"base_image": "python:3.13\nRUN id"}, "must be a non-empty single-line string"),
     ],
 )
@@ -502,3 +503,232 @@ def test_tasks_app_healthz_answers_without_database(monkeypatch: pytest.MonkeyPa
     app = module.create_app({"MONGODB_URI": "mongodb://127.0.0.1:9/tasks"})
     response = app.test_client().get("/healthz")
     assert (response.status_code, "mongo" in app.extensions) == (200, False)
+
+
+# --- the Python version ----------------------------------------------------------------------------
+
+def app_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in {"serve.py": "print('hi')\n", **files}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+PYPROJECT_RANGE = '[project]\nname = "x"\nversion = "1"\nrequires-python = "{}"\n'
+
+
+@pytest.mark.parametrize(
+    ("files", "version", "source"),
+    [
+        ({".python-version": "# pinned\n\n3.13.1\n"}, "3.13", ".python-version: 3.13.1"),
+        ({".python-version": "3.11\n", "runtime.txt": "python-3.13.0\n"}, "3.11", ".python-version: 3.11"),
+        ({"runtime.txt": "python-3.11.9\n"}, "3.11", "runtime.txt: 3.11.9"),
+        ({"Pipfile.lock": '{"_meta": {"requires": {"python_version": "3.11"}}, "default": {}}'}, "3.11",
+         "Pipfile.lock: 3.11"),
+        ({"pyproject.toml": PYPROJECT_RANGE.format(">=3.12")}, "3.13", "pyproject.toml: >=3.12, the newest available"),
+        ({"pyproject.toml": PYPROJECT_RANGE.format(">=3.10,<3.13")}, "3.11",
+         "pyproject.toml: >=3.10,<3.13, the newest available"),
+        ({}, "3.13", "platform default"),
+    ],
+)
+def test_python_version_comes_from_the_first_file_naming_one(
+    python: Plugin, tmp_path: Path, files: dict[str, str], version: str, source: str
+) -> None:
+    built = plan(python, app_tree(tmp_path, files), run="python serve.py")
+    assert (built.runtime_version, built.runtime_version_source) == (version, source)
+    assert f"\nFROM {PLATFORM.registry}/cupaas/python:{version}\n" in built.dockerfile
+    assert built.dockerfile.splitlines()[1].startswith(f"# Runtime: python {version} ({source}); ")
+
+
+def test_runtime_txt_says_it_is_deprecated(python: Plugin, tmp_path: Path) -> None:
+    built = plan(python, app_tree(tmp_path, {"runtime.txt": "python-3.13.1\n"}), run="python serve.py")
+    assert built.notes[:2] == (
+        f"base image: {PLATFORM.registry}/cupaas/python:3.13",
+        "runtime.txt: runtime.txt is deprecated: write the version to .python-version instead (for example "
+        "`echo 3.13 > .python-version`) and delete runtime.txt",
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "file", "field", "message"),
+    [
+        ({".python-version": "3.9\n"}, ".python-version", "",
+         "asks for python 3.9 (3.9), but this platform has images for 3.11, 3.13 only"),
+        ({"runtime.txt": "python-3.12.7\n"}, "runtime.txt", "",
+         "asks for python 3.12 (3.12.7), but this platform has images for 3.11, 3.13 only"),
+        ({".python-version": "latest\n"}, ".python-version", "", "'latest' is not a Python version"),
+        ({"runtime.txt": "3.13\n"}, "runtime.txt", "", "'3.13' is not a Python version; write one such as python-"),
+        ({"pyproject.toml": PYPROJECT_RANGE.format("<3.10")}, "pyproject.toml", "project.requires-python",
+         "'<3.10' allows none of the python versions this platform has images for (3.11, 3.13)"),
+        ({"pyproject.toml": PYPROJECT_RANGE.format("three")}, "pyproject.toml", "project.requires-python",
+         "Invalid specifier"),
+    ],
+)
+def test_python_version_without_an_image_names_the_file_and_the_versions(
+    python: Plugin, tmp_path: Path, files: dict[str, str], file: str, field: str, message: str
+) -> None:
+    with pytest.raises(ValidationError) as raised:
+        plan(python, app_tree(tmp_path, files), run="python serve.py")
+    assert (raised.value.file, raised.value.field) == (file, field)
+    assert message in raised.value.message
+
+
+def _platform(**python: Any) -> Platform:
+    return Platform(domain="apps.example.com", registry="r.example.com/c", gitops=GitOpsSettings(repo="file:///g"),
+                    runtimes={"python": python})
+
+
+@pytest.mark.parametrize(
+    ("settings", "files", "image"),
+    [
+        ({"images": {"3.12": "r.example.com/py:3.12"}}, {".python-version": "3.12\n"}, "r.example.com/py:3.12"),
+        ({"images": {"3.13": "r.example.com/py:313"}}, {}, "r.example.com/py:313"),
+        ({"default_version": "3.11"}, {}, "r.example.com/c/cupaas/python:3.11"),
+        # base_image predates versions: it is the default version's image; other versions keep theirs.
+        ({"base_image": "r.example.com/base:1"}, {}, "r.example.com/base:1"),
+        ({"base_image": "r.example.com/base:1"}, {".python-version": "3.11"}, "r.example.com/c/cupaas/python:3.11"),
+        ({"base_image": "r.example.com/base:1", "default_version": "3.11"}, {}, "r.example.com/base:1"),
+    ],
+)
+def test_platform_maps_python_versions_to_images(
+    python: Plugin, tmp_path: Path, settings: dict[str, Any], files: dict[str, str], image: str
+) -> None:
+    built = plan(python, app_tree(tmp_path, files), _platform(**settings), run="python serve.py")
+    assert built.base_image == image and f"\nFROM {image}\n" in built.dockerfile
+
+
+@pytest.mark.parametrize(("base_image", "version"), [
+    ("r.example.com/cupaas/python:3.11", "3.11"),
+    ("r.example.com/library/python:3.12-slim", "3.12"),
+    ("r.example.com/python:3.11.9@sha256:" + "a" * 64, "3.11"),
+    ("r.example.com/base:1", "3.13"),  # the tag names no version: the spec's default
+    ("r.example.com:5000/py", "3.13"),  # a port is not a tag
+])
+def test_a_base_image_tagged_with_a_version_is_that_versions_image(
+    python: Plugin, tmp_path: Path, base_image: str, version: str
+) -> None:
+    """A platform from before versions set base_image to a 3.11 image: its apps are 3.11, and say so."""
+    built = plan(python, app_tree(tmp_path, {}), _platform(base_image=base_image), run="python serve.py")
+    assert (built.base_image, built.runtime_version, built.runtime_version_source) == (
+        base_image, version, "platform default")
+
+
+def test_platform_default_version_without_image_names_cupaas_yaml(python: Plugin, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as raised:
+        plan(python, app_tree(tmp_path, {}), _platform(default_version="3.12"), run="python serve.py")
+    assert (raised.value.file, raised.value.field) == ("cupaas.yaml", "runtimes.python.default_version")
+    assert "3.12 has no image; available: 3.11, 3.13" in raised.value.message
+
+
+# --- Pipfile, hashes -------------------------------------------------------------------------------
+
+PIPFILE_APP = DATA / "pipfile"
+
+
+def test_pipfile_lock_default_packages_install_with_require_hashes(python: Plugin) -> None:
+    built = plan(python, PIPFILE_APP)
+    assert built.dependencies == "Pipfile.lock"
+    assert (
+        "RUN printf '%s\\n' \\\n"
+        "    'gunicorn==27.0.1 ; python_version >= \"3.10\" "
+        "--hash=sha256:378b26b9a38adcf4592f28828233c1716acc55e833ea06bf48719782efaa0d10 "
+        "--hash=sha256:b1514965361c8b7e8107a80aa2a92636878df1ccfac6dd204a676426e04d9e3e' "
+        "> /tmp/cupaas-locked.txt && python -m pip install --no-cache-dir --require-hashes -r /tmp/cupaas-locked.txt"
+    ) in built.dockerfile
+    assert "pytest" not in built.dockerfile  # the develop section is not installed
+    assert "Pipfile.lock: 1 package pinned, hashes checked (pip --require-hashes)" in built.notes
+
+
+def test_pipfile_lock_reader_keeps_git_extras_and_skips_the_app_itself(tmp_path: Path) -> None:
+    (tmp_path / "Pipfile.lock").write_text(json.dumps({"default": {
+        "acme": {"git": "https://git.example.com/acme.git", "ref": "0123abc"},
+        "requests": {"version": "==2.32.3", "extras": ["socks"], "markers": "os_name == 'posix'"},
+        "tasks": {"path": ".", "editable": True},
+    }}))
+    found = READERS["pipfile-lock"](DirectorySource(tmp_path), "Pipfile.lock")
+    assert found is not None and not found.hashed
+    assert found.packages == ("acme @ git+https://git.example.com/acme.git@0123abc",
+                              'requests[socks]==2.32.3 ; os_name == "posix"')
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("{not json", ""),
+        ('{"default": []}', "default"),
+        ('{"default": {"flask": "==3"}}', "default.flask"),
+        ('{"default": {"flask": {"version": "==3", "hashes": ["md5:abc"]}}}', "default.flask.hashes"),
+    ],
+)
+def test_broken_pipfile_lock_names_the_file_and_field(python: Plugin, tmp_path: Path, text: str, field: str) -> None:
+    (tmp_path / "Pipfile.lock").write_text(text)
+    with pytest.raises(ValidationError) as raised:
+        plan(python, tmp_path, run="python serve.py")
+    assert (raised.value.file, raised.value.field) == ("Pipfile.lock", field)
+
+
+def test_pipfile_without_lock_says_to_run_pipenv_lock(python: Plugin) -> None:
+    with pytest.raises(ValidationError) as raised:
+        plan(python, DATA / "pipfile-no-lock")
+    assert raised.value.file == "Pipfile"
+    assert "run `pipenv lock` and commit Pipfile.lock" in raised.value.message
+
+
+def test_pipfile_beside_requirements_uses_requirements_and_says_so(python: Plugin, tmp_path: Path) -> None:
+    shutil.copytree(DATA / "pipfile-no-lock", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "requirements.txt").write_text("gunicorn==27.0.1\n")
+    built = plan(python, tmp_path)
+    assert built.dependencies == "requirements.txt"
+    assert "also found Pipfile: not used, requirements.txt comes first" in built.notes
+
+
+@pytest.mark.parametrize("lock", ["uv.lock", "poetry.lock"])
+def test_lock_with_a_hash_for_every_package_installs_with_require_hashes(
+    python: Plugin, tmp_path: Path, lock: str
+) -> None:
+    wheel = "sha256:" + "ab" * 32
+    files = {
+        "uv.lock": 'version = 1\n[[package]]\nname = "web"\nversion = "1"\nsource = { virtual = "." }\n'
+                   'dependencies = [{ name = "gunicorn" }]\n[[package]]\nname = "gunicorn"\nversion = "27.0.1"\n'
+                   f'wheels = [{{ url = "https://x/g.whl", hash = "{wheel}" }}]\n',
+        "poetry.lock": '[[package]]\nname = "gunicorn"\nversion = "27.0.1"\ngroups = ["main"]\n'
+                       f'files = [{{file = "g.whl", hash = "{wheel}"}}]\n',
+    }
+    (tmp_path / lock).write_text(files[lock])
+    built = plan(python, tmp_path, run="gunicorn web:app")
+    assert f"'gunicorn==27.0.1 --hash={wheel}' > /tmp/cupaas-locked.txt" in built.dockerfile
+    assert "--require-hashes -r /tmp/cupaas-locked.txt" in built.dockerfile
+
+
+def test_lock_without_hashes_installs_without_require_hashes(python: Plugin) -> None:
+    built = plan(python, DATA / "flask-uv")
+    assert "--require-hashes" not in built.dockerfile
+    assert "uv.lock: 8 packages pinned, not every one with a hash: hashes not checked" in built.notes
+    assert "also found requirements.txt, pyproject.toml: not used, uv.lock comes first" in built.notes
+
+
+# --- Django collectstatic --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("case", "line"), [
+    ("django-static", 'RUN if python -c "import django" 2>/dev/null; then python manage.py collectstatic --noinput;'),
+    ("django-poetry", 'RUN if python -c "import django" 2>/dev/null; then cd backend && python manage.py '
+                      "collectstatic --noinput;"),
+])
+def test_django_app_collects_static_files_after_the_source_copy(python: Plugin, case: str, line: str) -> None:
+    lines = plan(python, DATA / case).dockerfile.splitlines()
+    [step] = [i for i, text in enumerate(lines) if text.startswith(line)]
+    assert lines.index("COPY . .") < step < lines.index("USER 10001:10001")
+
+
+@pytest.mark.parametrize("value", ["1", "true"])
+def test_disable_collectstatic_in_the_app_env_skips_it(python: Plugin, value: str) -> None:
+    built = plan_build(python, DirectorySource(DATA / "django-static"), AppConfig(runtime="python"), PLATFORM,
+                       {"DISABLE_COLLECTSTATIC": value})
+    assert "collectstatic" not in built.dockerfile
+    assert "collectstatic: skipped (DISABLE_COLLECTSTATIC is set in the app's env)" in built.notes
+
+
+def test_manage_py_deeper_than_three_levels_is_not_collected(python: Plugin, tmp_path: Path) -> None:
+    app_tree(tmp_path, {"a/b/c/manage.py": "", "requirements.txt": "django\n"})
+    assert "collectstatic" not in plan(python, tmp_path, run="python serve.py").dockerfile
