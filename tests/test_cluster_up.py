@@ -224,9 +224,18 @@ def test_pods_resolve_cluster_names_and_reach_nothing_off_the_machine(api: clien
     core.create_namespaced_service(namespace, service("web", namespace))
     available(apps, "web", namespace, 1)
     probe = f"""
-import json, socket, urllib.request
-out = {{"cluster_ip": socket.gethostbyname("web.{namespace}.svc.cluster.local"),
-        "short_name": urllib.request.urlopen("http://web/", timeout=5).read().decode()}}
+import json, socket, time, urllib.request
+def get(url):
+    # kube-proxy programs a new Service's rules a moment after the Service exists; until then the cluster IP
+    # has no route (ENETUNREACH): give it up to 30 s, as a client of a new Service would retry.
+    for attempt in range(60):
+        try:
+            return urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            if attempt == 59:
+                raise
+            time.sleep(0.5)
+out = {{"cluster_ip": socket.gethostbyname("web.{namespace}.svc.cluster.local"), "short_name": get("http://web/")}}
 try:
     socket.create_connection(("{OFF_THE_MACHINE}", 80), timeout=5)
     out["off_machine"] = "connected"
