@@ -64,6 +64,10 @@ FOLLOW_ROLLOUTS: dict[str, Any] = {"followRollouts": {"enabled": True, "argocdNa
 CASES = {"defaults": {}, "all-on": ALL_ON, "external-engine": EXTERNAL_ENGINE, "existing-claim": EXISTING_CLAIM}
 # Cases without RBAC (every case above); the rollout-following case grants exactly what live.py uses.
 RBAC_CASES = {"follow-rollouts": FOLLOW_ROLLOUTS}
+# With a broker: the webhook and the workers as separate Deployments (issue 17).
+KAFKA: dict[str, Any] = {"kafka": {"bootstrapServers": "kafka-0.kafka:9092,kafka-1.kafka:9092", "webhookReplicas": 2,
+                                   "workerReplicas": 3}, "workers": 2}
+KAFKA_CASES = {"kafka": KAFKA}
 
 
 @functools.cache
@@ -89,7 +93,7 @@ def values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
 def _render(case: str) -> tuple[dict[str, Any], ...]:
     with tempfile.TemporaryDirectory() as tmp:
         done = run_helm(["template", "cupaas", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
-                         "--values", str(values_file(Path(tmp), {**CASES, **RBAC_CASES}[case]))])
+                         "--values", str(values_file(Path(tmp), {**CASES, **RBAC_CASES, **KAFKA_CASES}[case]))])
     assert done.returncode == 0, done.stderr
     return tuple(validate_documents(done.stdout))
 
@@ -382,5 +386,68 @@ def test_chart_requires_a_control_repo_url(tmp_path: Path) -> None:
                          ids=["typo", "relative-path", "port-as-text", "tcp-engine"])
 def test_chart_values_schema_rejects_mistakes(tmp_path: Path, values: dict[str, Any]) -> None:
     done = run_helm(["template", "cupaas", str(CHART), "--values", str(values_file(tmp_path, values))])
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+
+
+# --- with a Kafka broker (issue 17) ------------------------------------------------------------------------
+
+
+def kafka_deployments() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in find(render("kafka"), "Deployment")}
+
+
+def pod_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def test_chart_kafka_runs_webhook_and_workers_as_separate_deployments() -> None:
+    found = kafka_deployments()
+    assert sorted(found) == ["webhook", "worker"]
+    assert (found["webhook"]["metadata"]["name"], found["webhook"]["spec"]["replicas"]) == ("cupaas", 2)
+    assert (found["worker"]["metadata"]["name"], found["worker"]["spec"]["replicas"]) == ("cupaas-worker", 3)
+    queue = ["--queue", "kafka://kafka-0.kafka:9092,kafka-1.kafka:9092"]
+    [webhook] = [c for c in pod_of(found["webhook"])["containers"] if c["name"] == "cupaas"]
+    [worker] = [c for c in pod_of(found["worker"])["containers"] if c["name"] == "cupaas"]
+    assert webhook["args"][:2] == ["cupaas", "serve"] and webhook["args"][-2:] == queue
+    assert worker["args"][:2] == ["cupaas", "worker"] and worker["args"][-4:] == ["--threads", "2", *queue]
+
+
+def test_chart_kafka_webhook_runs_no_engine_and_workers_serve_no_port() -> None:
+    found = kafka_deployments()
+    assert [c["name"] for c in pod_of(found["webhook"])["containers"]] == ["cupaas"]
+    worker = pod_of(found["worker"])["containers"]
+    assert [c["name"] for c in worker] == ["cupaas", "dind"]
+    assert "ports" not in worker[0] and "livenessProbe" not in worker[0]
+
+
+def test_chart_kafka_service_selects_only_webhook_pods() -> None:
+    [service] = find(render("kafka"), "Service")
+    selector = service["spec"]["selector"].items()
+    found = kafka_deployments()
+    assert selector <= found["webhook"]["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector <= found["worker"]["spec"]["template"]["metadata"]["labels"].items()
+    for deployment in found.values():  # each Deployment selects only its own pods
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= \
+               deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_chart_kafka_keeps_no_state_claim() -> None:
+    assert find(render("kafka"), "PersistentVolumeClaim") == []
+    for deployment in kafka_deployments().values():
+        state = {v["name"]: v for v in pod_of(deployment)["volumes"]}["state"]
+        assert state == {"name": "state", "emptyDir": {}}
+
+
+def test_chart_kafka_passes_helm_lint_strict(tmp_path: Path) -> None:
+    done = run_helm(["lint", "--strict", str(CHART), "--values", str(values_file(tmp_path, KAFKA))])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("servers", ["kafka://kafka:9092", "kafka", "kafka:9092,"])
+def test_chart_values_schema_rejects_malformed_bootstrap_servers(tmp_path: Path, servers: str) -> None:
+    done = run_helm(["template", "cupaas", str(CHART), "--values",
+                     str(values_file(tmp_path, {"kafka": {"bootstrapServers": servers}}))])
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr

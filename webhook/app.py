@@ -22,7 +22,9 @@ from generator.errors import CupaasError, UserError
 
 from .control import ControlSource
 from .events import MAX_BODY, Key, Keyring, app_secret
-from .jobs import Job, SqliteJobQueue
+from .jobs import Job, JobQueue, SqliteJobQueue
+from .kafka_queue import open_queue
+from .kafka_topics import QueueUnavailable
 from .metrics import Metrics
 from .repo_urls import repo_matches
 from .service import Service
@@ -36,7 +38,7 @@ class Runtime:
     """Everything the views and workers share."""
 
     service: Service
-    queue: SqliteJobQueue
+    queue: JobQueue
     pool: WorkerPool
     metrics: Metrics
     secret: Keyring | None
@@ -100,7 +102,8 @@ def check_config(config: Mapping[str, Any]) -> None:
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service. Config keys: CONTROL (directory or git URL, required), CONTROL_BRANCH,
-    STATE_DIR, WEBHOOK_SECRET (else $CUPAAS_WEBHOOK_SECRET), INSECURE_NO_SIGNATURE, WORKER_THREADS,
+    STATE_DIR, QUEUE (None or sqlite: SQLite in STATE_DIR; kafka://HOST:PORT[,...]), WEBHOOK_SECRET (else
+    $CUPAAS_WEBHOOK_SECRET), INSECURE_NO_SIGNATURE, WORKER_THREADS,
     START_WORKERS (default True), BUILDER (a generator.builder.Builder; default: Docker)."""
     settings = dict(config or {})
     if not settings.get("CONTROL"):
@@ -113,7 +116,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     control = ControlSource(str(settings["CONTROL"]), state_dir, settings.get("CONTROL_BRANCH", "main"))
     control.refresh()  # a control repo URL that cannot be fetched stops the start, with the reason
-    queue = SqliteJobQueue(state_dir / "jobs.sqlite3")
+    queue = open_queue(settings.get("QUEUE"), state_dir, role="serve")  # after the fork: Kafka clients hold threads
     metrics = Metrics(queue.counts)
     builder: Builder = settings.get("BUILDER") or DockerBuilder()
     service = Service(control=control, state_dir=state_dir, builder=builder, on_step=metrics.observe_step,
@@ -143,7 +146,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def http_error(error: HTTPException) -> Any:
         return jsonify(error=error.description), error.code
 
-    if settings.get("START_WORKERS", True):
+    @app.errorhandler(QueueUnavailable)
+    def queue_unavailable(error: QueueUnavailable) -> Any:  # nothing was accepted: the forge delivers again
+        return jsonify(error=f"{error}; try again later"), 503, {"Retry-After": str(error.retry_after)}
+
+    if settings.get("START_WORKERS", True) and isinstance(queue, SqliteJobQueue):  # Kafka: `cupaas worker` runs jobs
         queue.recover()
         pool.start()
     return app

@@ -26,21 +26,69 @@ from .serve import serve as run
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Job queue and git caches (default: $CUPAAS_STATE_DIR or ~/.cache/cupaas).")
 @click.option("--control-branch", default="main", show_default=True, help="Branch of a control repo URL.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Job worker threads.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Job worker threads (with the SQLite queue; with Kafka, `cupaas worker` processes run jobs).")
+@click.option("--queue", "queue_url", default="sqlite", show_default=True, envvar="CUPAAS_QUEUE",
+              help="Job queue: sqlite (in the state dir, one machine) or kafka://HOST:PORT[,HOST:PORT...].")
 @click.option("--insecure-no-signature", is_flag=True,
               help="Accept unsigned webhooks. Only on a network where nobody else can reach the service.")
+@click.option("--stub-build", type=click.FloatRange(0, 3600), hidden=True,
+              help="Build nothing: wait this many seconds and make up the image (benchmarks of the queue).")
 @user_errors
 def serve(control: str, host: str, port: int, state_dir: Path | None, control_branch: str, workers: int,
-          insecure_no_signature: bool) -> None:
+          queue_url: str, insecure_no_signature: bool, stub_build: float | None) -> None:
     """Run the webhook service for CONTROL (a control repo directory or git URL).
 
     The webhook secret comes from $CUPAAS_WEBHOOK_SECRET.
     """
-    config = {"CONTROL": control, "CONTROL_BRANCH": control_branch, "STATE_DIR": str(state_dir) if state_dir else None,
-              "WORKER_THREADS": workers, "INSECURE_NO_SIGNATURE": insecure_no_signature}
+    from .kafka_queue import check_queue
+
+    config: dict[str, object] = {
+        "CONTROL": control, "CONTROL_BRANCH": control_branch, "STATE_DIR": str(state_dir) if state_dir else None,
+        "WORKER_THREADS": workers, "INSECURE_NO_SIGNATURE": insecure_no_signature, "QUEUE": queue_url}
+    if stub_build is not None:
+        from .kafka_stub import StubBuilder
+
+        config["BUILDER"] = StubBuilder(stub_build)
     check_config(config)
-    click.echo(f"-----> cupaas serve: {control} on http://{host}:{port} ({workers} job worker(s))", err=True)
+    check_queue(queue_url)
+    runs = f"{workers} job worker(s)" if queue_url == "sqlite" else f"jobs on {queue_url}, run by `cupaas worker`"
+    click.echo(f"-----> cupaas serve: {control} on http://{host}:{port} ({runs})", err=True)
     run(config, host, port)
+
+
+@cli.command()
+@click.argument("control")
+@click.option("--queue", "queue_url", default="sqlite", show_default=True, envvar="CUPAAS_QUEUE",
+              help="Job queue: sqlite (the state dir of a `cupaas serve` on this machine) or "
+                   "kafka://HOST:PORT[,HOST:PORT...].")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Git caches, and the SQLite queue (default: $CUPAAS_STATE_DIR or ~/.cache/cupaas).")
+@click.option("--control-branch", default="main", show_default=True, help="Branch of a control repo URL.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64), help="Jobs run at once.")
+@click.option("--stub-build", type=click.FloatRange(0, 3600), hidden=True,
+              help="Build nothing: wait this many seconds and make up the image (tests and benchmarks).")
+@user_errors
+def worker(control: str, queue_url: str, state_dir: Path | None, control_branch: str, threads: int,
+           stub_build: float | None) -> None:
+    """Run deploy jobs of CONTROL (a control repo directory or git URL) from the queue, until SIGTERM.
+
+    Start more processes on a Kafka queue to add builders; they share the work in one consumer group.
+    """
+    import logging
+
+    from generator.deploy import default_state_dir
+
+    from .kafka_queue import check_queue
+    from .kafka_stub import StubBuilder
+    from .kafka_worker import run_worker
+
+    # Partition moves and lost jobs are worth a line in the worker's log (webhook.kafka_queue logs them).
+    logging.basicConfig(level=logging.INFO, format="       %(name)s: %(message)s")
+    check_queue(queue_url)
+    run_worker(control, Path(state_dir or default_state_dir()), queue_url, threads=threads,
+               control_branch=control_branch, builder=StubBuilder(stub_build) if stub_build is not None else None,
+               echo=lambda line: click.echo(line, err=True))
 
 
 @cli.command(name="webhook-secret")
