@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, names
-from .app_commands import register as register_app_commands
+from .commands import register as register_app_commands
 from .commit_status import DeployStatuses, reporter_for
 from .errors import CupaasError, ValidationErrors
 from .gitops_tree import apply
@@ -316,5 +316,5 @@ def images_build(control_dir: Path, minors: Sequence[str]) -> None:
     click.echo(f"-----> Base images ready in {time.monotonic() - started:.1f}s", err=True)
 
 
-# apps, config, ps:scale, releases, rollback, deploys:pause/resume (generator/app_commands.py)
+# apps, config, ps:scale, releases, rollback, deploys:pause/resume (generator/commands/)
 register_app_commands(cli, user_errors)

@@ -22,11 +22,17 @@ FORBIDDEN_IN_CORE = ["flask", "docker", "git", "requests", "urllib.request", "ht
                      "subprocess", "kubernetes", "gunicorn", "webhook"]  # fmt: skip
 # Generator modules that do I/O sit above the core (docs/architecture.md).
 GENERATOR_EDGES = ["generator.cli", "generator.deploy", "generator.builder", "generator.gitops_repo",
-                   "generator.isolation", "generator.images",  # subpackages: each of their modules
+                   "generator.isolation", "generator.images", "generator.commands",  # subpackages: all their modules
                    "generator.forges", "generator.gitops_tree", "generator.git_cache", "generator.app_source",
                    "generator.releases", "generator.atomic_file"]  # fmt: skip
 
-CORE_FILES = [ROOT / "generator" / f"{name}.py" for name in CORE if (ROOT / "generator" / f"{name}.py").exists()]
+# A core name is a module (`generator/<name>.py`) or a subpackage (`generator/<name>/`, every module of it).
+CORE_FILES = [
+    path
+    for name in CORE
+    for path in [ROOT / "generator" / f"{name}.py", *sorted((ROOT / "generator" / name).rglob("*.py"))]
+    if path.is_file()
+]
 GENERATOR_FILES = sorted((ROOT / "generator").rglob("*.py"))
 
 
@@ -102,6 +108,10 @@ def test_discovery_finds_the_core() -> None:
     assert {path.stem for path in CORE_FILES} >= {"errors", "models", "names"}
 
 
+def test_discovery_finds_the_modules_of_a_core_subpackage() -> None:
+    assert ROOT / "generator" / "runtimes" / "plan.py" in CORE_FILES
+
+
 def test_imported_modules_resolves_relative_from_and_dynamic_imports(tmp_path: Path) -> None:
     path = tmp_path / "generator" / "rendering.py"
     path.parent.mkdir()
@@ -125,7 +135,7 @@ def test_violations_names_the_chain_through_a_helper_module(tmp_path: Path) -> N
     ]
 
 
-@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: f"generator/{p.name}")
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_module_reaches_no_io_client_webhook_or_generator_edge(path: Path) -> None:
     assert violations(module_name(path), FORBIDDEN_IN_CORE + GENERATOR_EDGES) == []
 

@@ -20,7 +20,7 @@ from fake_forge import (
 )
 from test_cli_support import World, assert_user_error, digest_of, make_world, releases_json
 
-from generator.app_commands import rollback
+from generator.commands.rollback import rollback
 from generator.deploy import Deployer, reconcile
 from generator.errors import UserError
 from generator.loading import load_control_repo

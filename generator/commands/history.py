@@ -1,0 +1,134 @@
+"""Releases as the GitOps history of one app (`cupaas releases`), and the GitOps repo's cache clone (the one
+deploys use) with the release records it holds at any commit (`cupaas apps`, `cupaas rollback`).
+
+Releases are not stored anywhere else: v1, v2, ... are the commits of the GitOps branch (first parent)
+that changed the app's folder while it had a release record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..git_cache import CacheClone, cache_location, locked, redact, url_secrets
+from ..layout import AppLayout
+from ..models import ControlRepo, Platform
+
+_PR_NUMBER = re.compile(r"pull request #(\d+)|\(#(\d+)\)|merge request \S*!(\d+)")
+
+
+@dataclass(frozen=True)
+class ReleaseEntry:
+    version: int
+    kind: str  # deploy | config | scale | config+scale | rollback | render
+    commit: str | None  # the app's commit
+    image: str
+    when: str  # ISO 8601 UTC, of the GitOps commit
+    gitops_commit: str
+    pull_request: int | None
+    description: str
+    rollback_to: int | None = None
+
+    @property
+    def digest(self) -> str:
+        return self.image.rsplit("@", 1)[-1]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": self.version, "kind": self.kind, "commit": self.commit, "image": self.image,
+                "digest": self.digest, "when": self.when, "gitops_commit": self.gitops_commit,
+                "pull_request": self.pull_request, "description": self.description,
+                "rollback_to": self.rollback_to}
+
+
+_HISTORY_HINT = "check gitops.repo in cupaas.yaml and that cupaas's credentials may read it"
+
+
+@contextmanager
+def gitops_clone(platform: Platform, state_dir: Path) -> Iterator[tuple[CacheClone, str | None]]:
+    """The GitOps repo's cache clone (the one deploys use), fetched; with the head of the GitOps branch."""
+    url = platform.gitops.repo
+    worktree, lock_path = cache_location(state_dir / "gitops", url)
+    secrets = url_secrets(url)
+    with locked(lock_path):
+        clone = CacheClone(worktree, redact(url, secrets), secrets, _HISTORY_HINT)
+        clone.ensure(url)
+        clone.fetch()
+        head = clone.heads().get(platform.gitops.branch)
+        yield clone, head.sha if head else None
+
+
+def blob_at(clone: CacheClone, commit: str, path: str) -> str | None:
+    listing = clone.output("ls-tree", "-z", commit, "--", path)
+    fields = listing.partition("\t")[0].split()
+    if len(fields) != 3 or fields[1] != "blob" or fields[0] == "120000":  # never read through a link
+        return None
+    return clone.blob(fields[2]).decode("utf-8", errors="replace")
+
+
+def record_at(clone: CacheClone, commit: str, path: str) -> dict[str, Any] | None:
+    text = blob_at(clone, commit, path)
+    try:
+        raw = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _replicas(clone: CacheClone, commit: str, layout: AppLayout) -> Any:
+    record = record_at(clone, commit, f"{layout.overlay}/kustomization.yaml")
+    return record.get("replicas") if record else None
+
+
+def release_history(control: ControlRepo, app: str, state_dir: Path) -> list[ReleaseEntry]:
+    with gitops_clone(control.platform, state_dir) as (clone, head):
+        return history_of(clone, head, AppLayout(app, control.platform.environment))
+
+
+def history_of(clone: CacheClone, head: str | None, layout: AppLayout) -> list[ReleaseEntry]:
+    if head is None:
+        return []
+    out = clone.output("log", "--first-parent", "--reverse", "--format=%H%x1f%P%x1f%ct%x1f%s", head, "--",
+                       f"{layout.root}/")
+    entries: list[ReleaseEntry] = []
+    previous: dict[str, Any] | None = None
+    for line in out.splitlines():
+        sha, parents, stamp, subject = [*line.split("\x1f"), "", "", ""][:4]
+        record = record_at(clone, sha, layout.release)
+        if record is None:  # removed (apps:destroy) or not a release: the next one starts again
+            previous = None
+            continue
+        parent = parents.split()[0] if parents else None
+        rollback = record.get("rollback") if isinstance(record.get("rollback"), dict) else None
+        rollback_to = None
+        if previous is None:
+            kind, text = "deploy", f"Deploy {str(record.get('commit') or '')[:12]}"
+        elif rollback and rollback != previous.get("rollback"):
+            rollback_to = int(rollback.get("version", 0))
+            kind, text = "rollback", f"Rollback to v{rollback_to}"
+        elif record.get("image") != previous.get("image"):
+            kind, text = "deploy", f"Deploy {str(record.get('commit') or '')[:12]}"
+        else:
+            changed = clone.output("diff", "--name-only", parent or head, sha, "--", f"{layout.overlay}/").split()
+            scaled = parent is not None and _replicas(clone, parent, layout) != _replicas(clone, sha, layout)
+            configured = any(p != f"{layout.overlay}/kustomization.yaml" for p in changed)
+            kinds = [k for k, on in (("config", configured), ("scale", scaled)) if on]
+            kind = "+".join(kinds) or "render"
+            text = {"config": "Config change", "scale": "Scale", "config+scale": "Config change and scale",
+                    "render": "Re-render"}[kind]
+        number = None
+        if len(parents.split()) > 1:
+            found = _PR_NUMBER.search(subject)
+            number = int(next(g for g in found.groups() if g)) if found else None
+        entries.append(ReleaseEntry(
+            version=len(entries) + 1, kind=kind, commit=str(record["commit"]) if record.get("commit") else None,
+            image=str(record.get("image", "")), when=datetime.fromtimestamp(int(stamp or 0), UTC).isoformat(),
+            gitops_commit=sha, pull_request=number, description=text, rollback_to=rollback_to))
+        previous = record
+    return entries
