@@ -199,7 +199,7 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """What a runtime plugin decided for one source tree (see generator/runtimes.py)."""
+    """What a runtime plugin decided for one source tree (see generator/runtimes/)."""
 
     runtime: str
     dependencies: str  # the file dependencies are installed from, or "none"

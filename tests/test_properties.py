@@ -26,7 +26,8 @@ from test_webhook_events import BY_ID, raw
 
 from generator.errors import CupaasError
 from generator.loading import load_control_repo, parse_app_config
-from generator.runtimes import READERS, DependencySet, _read_dependencies
+from generator.runtimes import READERS, DependencySet
+from generator.runtimes.dependencies import _read_dependencies
 from generator.source import DirectorySource
 from webhook.app import AppKeyring
 from webhook.events import Ignored, PushEvent, claimed_urls, parse_webhook
