@@ -40,6 +40,21 @@ class AppLayout:
     def overlay(self) -> str:
         return f"{self.root}/overlays/{self.environment}"
 
+    @property
+    def overlay_kustomization(self) -> str:
+        """Pins the image and holds the replicas of every Deployment (web and each process type)."""
+        return f"{self.overlay}/kustomization.yaml"
+
+    @property
+    def config_map_file(self) -> str:
+        """The ConfigMap of the app's `env:` (exactly those values)."""
+        return f"{self.overlay}/configmap.yaml"
+
+    @property
+    def secret_file(self) -> str:
+        """The SealedSecret of the app's `secrets:` (their ciphertexts); absent when there are none."""
+        return f"{self.overlay}/secrets.sealedsecret.yaml"
+
     def component(self, addon: str) -> str:
         return f"{self.root}/components/{addon}"
 

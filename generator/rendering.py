@@ -87,13 +87,13 @@ def render_app(inputs: AppInputs, sealer: Sealer | None, new_secret: Callable[[i
         "metadata": {"name": layout.config_map, "labels": layout.labels()},
         "data": dict(inputs.app.env),
     }
-    files[f"{layout.overlay}/configmap.yaml"] = generated(config_map)
+    files[layout.config_map_file] = generated(config_map)
     overlay_resources.append("configmap.yaml")
     checksum_parts["env"] = dict(inputs.app.env)
 
     if inputs.app.secrets:
-        name = f"secrets{SEALED_SECRET_SUFFIX}"
-        files[f"{layout.overlay}/{name}"] = generated(
+        name = layout.secret_file.rsplit("/", 1)[1]
+        files[layout.secret_file] = generated(
             _sealed_secret(layout, layout.secret, dict(inputs.app.secrets), "web"),
             "Values sealed with `cupaas seal` for this namespace and name (strict scope).",
         )
@@ -123,7 +123,7 @@ def render_app(inputs: AppInputs, sealer: Sealer | None, new_secret: Callable[[i
         [_config_patch(name, checksum) for name in names],
         "Restarts the pods when env values or secrets change (like a Heroku config change).",
     )
-    files[f"{layout.overlay}/kustomization.yaml"] = generated(
+    files[layout.overlay_kustomization] = generated(
         _overlay_kustomization(inputs, layout, overlay_resources, components)
     )
     files[layout.release] = generated(_release_record(inputs.release),

@@ -8,9 +8,11 @@ Real git repos (app, GitOps, control), the real webhook service's job handling (
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from click.testing import Result
 from deploy_support import git
 from fake_forge import (
     REPO,
@@ -18,6 +20,7 @@ from fake_forge import (
     FakeForge,
     fake_forge_servers_fixture,  # noqa: F401  (registers the fixture `fake_forge_servers`)
 )
+from sealing_support import test_private_key, unseal
 from test_cli_support import World, assert_user_error, digest_of, make_world, releases_json
 
 from generator.commands.rollback import rollback
@@ -199,3 +202,174 @@ def test_a_deploy_landing_during_the_rollback_stops_it_and_nothing_is_committed(
                  before_publish=deploy_c3_meanwhile)
     assert world.pinned_digest() == digest_of(c3)
     assert [e["kind"] for e in releases_json(world)] == ["deploy", "deploy", "deploy"]
+
+
+# Config is rolled back too (as `heroku rollback` restores config vars): vN's env, secrets and replicas go
+# back into the control repo in one commit, and the GitOps commit renders them.
+
+CONFIG_MAP = "apps/tasks/overlays/production/configmap.yaml"
+SEALED = "apps/tasks/overlays/production/secrets.sealedsecret.yaml"
+OVERLAY = "apps/tasks/overlays/production/kustomization.yaml"
+LATER_VALUE = "later-value-5e1d"
+SECRET_V1 = "v1-secret-8c3a"
+SECRET_LATER = "later-secret-2b7f"
+
+
+def _ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _registration(world: World) -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load((world.control / "apps/tasks.yaml").read_text())
+    return raw
+
+
+def _reconcile(world: World) -> str | None:
+    return reconcile(Deployer(control_dir=world.control, builder=world.builder, state_dir=world.state,
+                              log=lambda s: None), "test").gitops_commit
+
+
+def _config_then_c2(world: World, *changes: tuple[str, ...]) -> tuple[str, str]:
+    """v1: c1 with the control repo as it is; then each command (a control commit), reconciled; then c2."""
+    c1 = world.app.head()
+    [first], _ = world.push_app(c1)
+    assert first.state == "succeeded", first.error
+    for args in changes:
+        _ok(world.cli(*args[:-1], input=args[-1]) if args[-1].endswith("\n") else world.cli(*args))
+        assert _reconcile(world) is not None
+    c2 = world.app.commit("c2", {"VERSION": "2\n"})
+    [second], _ = world.push_app(c2)
+    assert second.state == "succeeded", second.error
+    return c1, c2
+
+
+def _control_commits_since(world: World, before: list[str]) -> list[str]:
+    return world.control_log()[: len(world.control_log()) - len(before)]
+
+
+def test_rollback_restores_v1_env_in_one_control_commit_naming_keys_only(world: World) -> None:
+    _ok(world.cli("config:set", "tasks", "LOG_LEVEL=info", "OLD_FLAG=yes"))
+    c1, _c2 = _config_then_c2(world, ("config:set", "tasks", f"LOG_LEVEL={LATER_VALUE}", "NEW_FLAG=added"),
+                              ("config:unset", "tasks", "OLD_FLAG"))
+    assert _registration(world)["env"] == {"LOG_LEVEL": LATER_VALUE, "NEW_FLAG": "added"}
+    control_before = world.control_log()
+
+    result = _ok(world.cli("rollback", "tasks", "v1"))
+    assert world.pinned_digest() == digest_of(c1)
+    assert _control_commits_since(world, control_before) == [
+        "Restore config of tasks to v1: env LOG_LEVEL, NEW_FLAG, OLD_FLAG"]
+    control_message = git("log", "-1", "--format=%B", cwd=world.control)
+    gitops_message = git("log", "-1", "--format=%B", cwd=world.gitops)
+    for text in (control_message, gitops_message, result.output):
+        assert LATER_VALUE not in text and "added" not in text and "info" not in text, text
+    assert "env LOG_LEVEL, NEW_FLAG, OLD_FLAG" in gitops_message
+    assert _registration(world)["env"] == {"LOG_LEVEL": "info", "OLD_FLAG": "yes"}
+    assert yaml.safe_load(world.gitops_file(CONFIG_MAP))["data"] == {"LOG_LEVEL": "info", "OLD_FLAG": "yes"}
+
+
+def test_rollback_with_restored_config_is_kept_by_a_later_reconcile(world: World) -> None:
+    _config_then_c2(world, ("config:set", "tasks", f"LOG_LEVEL={LATER_VALUE}"), ("ps:scale", "tasks", "web=3"))
+    _ok(world.cli("rollback", "tasks", "v1"))
+    rolled_back = world.gitops_head()
+    assert _reconcile(world) is None
+    assert world.gitops_head() == rolled_back
+    assert yaml.safe_load(world.gitops_file(CONFIG_MAP))["data"] == {}
+
+
+def test_rollback_removes_a_secret_set_later_and_restores_v1s_ciphertext(world: World) -> None:
+    _ok(world.cli("config:set", "tasks", "--secret", "API_TOKEN", input=SECRET_V1 + "\n"))
+    v1_ciphertext = _registration(world)["secrets"]["API_TOKEN"]
+    _config_then_c2(world, ("config:unset", "tasks", "API_TOKEN"),
+                    ("config:set", "tasks", "--secret", "LATER_TOKEN", SECRET_LATER + "\n"))
+    assert set(_registration(world)["secrets"]) == {"LATER_TOKEN"}
+    control_before = world.control_log()
+
+    _ok(world.cli("rollback", "tasks", "v1"))
+    assert _control_commits_since(world, control_before) == [
+        "Restore config of tasks to v1: secrets API_TOKEN, LATER_TOKEN"]
+    assert _registration(world)["secrets"] == {"API_TOKEN": v1_ciphertext}  # the ciphertext itself, moved
+    assert unseal(test_private_key(), v1_ciphertext, "tasks-production", "tasks-secrets") == SECRET_V1.encode()
+    sealed = yaml.safe_load(world.gitops_file(SEALED))
+    assert sealed["spec"]["encryptedData"] == {"API_TOKEN": v1_ciphertext}
+    history = git("log", "-p", "--format=%B", cwd=world.control) + git("log", "-p", "--format=%B", cwd=world.gitops)
+    assert SECRET_V1 not in history and SECRET_LATER not in history
+
+
+def test_rollback_restores_replicas_scaled_after_v1(world: World) -> None:
+    _config_then_c2(world, ("ps:scale", "tasks", "web=3"))
+    assert yaml.safe_load(world.gitops_file(OVERLAY))["replicas"][0] == {"name": "tasks", "count": 3}
+    control_before = world.control_log()
+    _ok(world.cli("rollback", "tasks", "v1"))
+    assert _control_commits_since(world, control_before) == ["Restore config of tasks to v1: replicas web"]
+    assert _registration(world)["replicas"] == 1
+    assert yaml.safe_load(world.gitops_file(OVERLAY))["replicas"][0] == {"name": "tasks", "count": 1}
+
+
+def test_rollback_with_config_already_v1s_leaves_the_control_repo_alone(world: World) -> None:
+    _deploy_c1_c2(world)
+    control_before = world.control_log()
+    result = _ok(world.cli("rollback", "tasks", "v1"))
+    assert world.control_log() == control_before
+    assert "restored v1's config" not in result.output
+    assert "already was v1's" in git("log", "-1", "--format=%B", cwd=world.gitops)
+
+
+def test_rollback_pause_and_config_restore_are_one_control_commit(world: World) -> None:
+    _config_then_c2(world, ("config:set", "tasks", f"LOG_LEVEL={LATER_VALUE}"))
+    control_before = world.control_log()
+    _ok(world.cli("rollback", "tasks", "v1", "--pause"))
+    assert _control_commits_since(world, control_before) == [
+        "Restore config of tasks to v1: env LOG_LEVEL (and pause automatic deploys)"]
+    registration = _registration(world)
+    assert registration["auto_deploy"] is False and "env" not in registration
+
+
+def test_rollback_with_control_review_pull_request_opens_a_control_pr_and_says_when_config_is_restored(
+        tmp_path: Path, fake_forge_servers: dict[str, tuple[str, FakeForge]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("CUPAAS_FORGE_TOKEN", TOKEN)
+    base_url, fake = fake_forge_servers["github"]
+    fake.reset()
+    forge = {"type": "github", "api": base_url, "repo": REPO, "token_env": "CUPAAS_FORGE_TOKEN"}
+    world = make_world(tmp_path, published_control=True, control_settings={"review": "pull-request", "forge": forge})
+    assert world.control_bare is not None
+    c1 = world.app.head()
+    assert world.push_app(c1)[0][0].state == "succeeded"
+    # A config change merged into the control repo after v1 (as its pull request's merge would), reconciled.
+    work = tmp_path / "control-work"
+    git("clone", "-q", world.control_bare.as_uri(), str(work), cwd=tmp_path)
+    registration = yaml.safe_load((work / "apps/tasks.yaml").read_text())
+    (work / "apps/tasks.yaml").write_text(yaml.safe_dump({**registration, "env": {"LOG_LEVEL": LATER_VALUE}}))
+    git("commit", "-q", "-am", "Set config of tasks: LOG_LEVEL", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    assert world.push_control()[0][0].state == "succeeded"
+    c2 = world.app.commit("c2", {"VERSION": "2\n"})
+    assert world.push_app(c2)[0][0].state == "succeeded"
+    control_main = git("rev-parse", "main", cwd=world.control_bare)
+
+    result = _ok(world.cli("rollback", "tasks", "v1"))
+    assert git("rev-parse", "main", cwd=world.control_bare) == control_main, "a control PR, not a commit"
+    [pr] = fake.open_prs()
+    assert pr.title == "Restore config of tasks to v1: env LOG_LEVEL" and pr.head.startswith("cupaas/control-tasks-")
+    assert "env" not in yaml.safe_load(git("show", f"{pr.head}:apps/tasks.yaml", cwd=world.control_bare))
+    assert "once its pull request is merged" in result.output and LATER_VALUE not in result.output
+    # The GitOps commit (direct review) renders v1's config all the same.
+    assert world.pinned_digest() == digest_of(c1)
+    assert yaml.safe_load(world.gitops_file(CONFIG_MAP))["data"] == {}
+    assert not fake.violations, fake.violations
+
+
+def test_rollback_restores_the_replicas_of_each_process_type(world: World) -> None:
+    world.app.commit("Procfile", {"Procfile": "web: gunicorn app:app --bind 0.0.0.0:$PORT\n"
+                                              "worker: python worker.py\n"})
+    _config_then_c2(world, ("ps:scale", "tasks", "web=2", "worker=3"))
+    assert _registration(world)["processes"] == {"worker": 3}
+    control_before = world.control_log()
+    _ok(world.cli("rollback", "tasks", "v1"))
+    assert _control_commits_since(world, control_before) == ["Restore config of tasks to v1: replicas web, worker"]
+    assert _registration(world)["replicas"] == 1 and _registration(world)["processes"] == {"worker": 1}
+    assert yaml.safe_load(world.gitops_file(OVERLAY))["replicas"] == [
+        {"name": "tasks", "count": 1}, {"name": "tasks-worker", "count": 1}]
+    assert _reconcile(world) is None

@@ -7,7 +7,8 @@ repo with one commit (or one pull request) whose message says what changed, neve
 * the control repo (apps:create, apps:destroy, config:set, config:unset, ps:scale, deploys:pause and
   deploys:resume), through `control_change.Control`. The running service reconciles the GitOps repo
   when that commit reaches the control repo's branch;
-* the GitOps repo (rollback), through `rollback.rollback`.
+* the GitOps repo (rollback), through `rollback.rollback`; when the release rolled back to ran with other
+  config, the rollback first makes one control-repo change too (`release_config`).
 
 Its modules are listed in docs/architecture.md.
 """
@@ -26,6 +27,7 @@ from .apps import create_app, destroy_app, list_apps, set_auto_deploy
 from .config import config_of, config_set, config_unset, parse_pairs, parse_scale, scale
 from .control_change import ChangeResult, Control, load_control
 from .history import release_history
+from .release_config import ConfigRestore
 from .rollback import parse_version
 from .rollback import rollback as roll_back
 
@@ -185,18 +187,32 @@ def register(cli: click.Group, user_errors: Callable[[Callable[..., Any]], Calla
         with where.checkout() as root:
             control_repo = load_control(root, where.location)
 
-            def pause_first() -> None:
-                if pause:
-                    _report(where.change(set_auto_deploy(app, False, f"Paused by `cupaas rollback {app}`.")))
+            def change_control(restore: ConfigRestore | None) -> ChangeResult | None:
+                # One control-repo change: vN's config, with the pause when both are asked for.
+                if restore is not None:
+                    changed = where.change(restore.edit(pause))
+                elif pause:
+                    changed = where.change(set_auto_deploy(app, False, f"Paused by `cupaas rollback {app}`."))
+                else:
+                    return None
+                _report(changed)
+                return changed
 
             result = roll_back(control_repo, root, app, number, where.state_dir, click.echo,
-                              before_publish=pause_first)
+                              change_control=change_control)
         if result.gitops_commit is None:
             click.echo(f"       no change: the GitOps repo already runs v{result.target.version}'s image")
         elif result.pull_request:
             click.echo(f"       pull request: {result.pull_request}")
         else:
             click.echo(f"       {result.branch}: {result.gitops_commit[:12]}")
+        if result.config_changes and result.control and result.control.pull_request:
+            click.echo(f"-----> v{result.target.version}'s config ({'; '.join(result.config_changes)}) is restored "
+                       f"in the control repo once its pull request is merged: {result.control.pull_request}; "
+                       "until then a reconcile renders the config the control repo has now")
+        elif result.config_changes:
+            click.echo(f"-----> restored v{result.target.version}'s config in the control repo: "
+                       + "; ".join(result.config_changes))
         click.echo(f"-----> {app} rolled back to v{result.target.version}; pushes of {result.superseded[:12]} and "
                    "older are not deployed again, the next new commit is"
                    + (" once `cupaas deploys:resume` runs" if pause else ""))

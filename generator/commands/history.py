@@ -82,7 +82,7 @@ def record_at(clone: CacheClone, commit: str, path: str) -> dict[str, Any] | Non
 
 
 def _replicas(clone: CacheClone, commit: str, layout: AppLayout) -> Any:
-    record = record_at(clone, commit, f"{layout.overlay}/kustomization.yaml")
+    record = record_at(clone, commit, layout.overlay_kustomization)
     return record.get("replicas") if record else None
 
 
@@ -117,7 +117,7 @@ def history_of(clone: CacheClone, head: str | None, layout: AppLayout) -> list[R
         else:
             changed = clone.output("diff", "--name-only", parent or head, sha, "--", f"{layout.overlay}/").split()
             scaled = parent is not None and _replicas(clone, parent, layout) != _replicas(clone, sha, layout)
-            configured = any(p != f"{layout.overlay}/kustomization.yaml" for p in changed)
+            configured = any(p != layout.overlay_kustomization for p in changed)
             kinds = [k for k, on in (("config", configured), ("scale", scaled)) if on]
             kind = "+".join(kinds) or "render"
             text = {"config": "Config change", "scale": "Scale", "config+scale": "Config change and scale",

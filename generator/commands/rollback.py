@@ -1,5 +1,8 @@
 """`cupaas rollback`: a GitOps commit (or pull request, per `gitops.review`) that re-renders an app with an
-earlier release's image, and records in its release record what it rolled back to.
+earlier release's image and config, and records in its release record what it rolled back to.
+
+The config (env, secrets, replicas) first goes back into the control repo, through one control-repo change,
+so that the next reconcile, which re-renders from the control repo, keeps it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from ..loading import PLATFORM_FILE, load_sealing_cert, release_from_record
 from ..models import ControlRepo, ForgeSettings, Rollback
 from ..plugins import PluginRegistry
 from ..releases import cert_sealer, render_control
-from .control_change import Log
+from .control_change import ChangeResult, Log
 from .history import ReleaseEntry, blob_at, gitops_clone, history_of, record_at
+from .release_config import ConfigRestore, changed_keys, config_at, restored
+
+ControlChanger = Callable[[ConfigRestore | None], ChangeResult | None]
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,15 @@ class RollbackResult:
     branch: str
     pull_request: str | None
     superseded: str
+    config_changes: list[str]  # what the rollback restored of vN's config, by key (empty: it already agreed)
+    control: ChangeResult | None  # the control-repo change that restored it (or paused)
+
+
+def _no_control_change(restore: ConfigRestore | None) -> ChangeResult | None:
+    if restore is not None:
+        raise UserError(f"{restore.app}: v{restore.version}'s config differs from the control repo "
+                        f"({'; '.join(restore.changes)}) and this rollback cannot change the control repo")
+    return None
 
 
 def choose_target(history: Sequence[ReleaseEntry], version: int | None, app: str) -> ReleaseEntry:
@@ -66,14 +81,20 @@ def parse_version(text: str | None) -> int | None:
 def rollback(control_repo: ControlRepo, control_root: Path, app: str, version: int | None, state_dir: Path,
              log: Log, environ: Mapping[str, str] = os.environ,
              forge_factory: Callable[[ForgeSettings, Mapping[str, str]], ForgeClient] = forge_client_from_env,
-             before_publish: Callable[[], None] = lambda: None) -> RollbackResult:
-    """Re-render ``app`` with release ``version``'s image (default: the latest earlier release with another one).
+             before_publish: Callable[[], None] = lambda: None,
+             change_control: ControlChanger = _no_control_change) -> RollbackResult:
+    """Re-render ``app`` with release ``version``'s image and config (default: the latest earlier release with
+    another image).
+
+    When vN's env, secrets or replicas differ from the app's registration, ``change_control`` gets the
+    `ConfigRestore` to apply to the control repo (it is called with None otherwise, for ``--pause``); the
+    GitOps commit then renders vN's config, so both repos agree.
 
     The release record says which release it rolls back to and which commit it supersedes: pushes of that
     commit and of its ancestors are not deployed again (the webhook's ``refuse_older``), a newer commit is.
-    ``before_publish`` runs once everything is checked (the pause commit of ``--pause``).
+    ``change_control`` and then ``before_publish`` run once everything is checked.
     """
-    control_repo.app(app)
+    registration = control_repo.app(app)
     platform = control_repo.platform
     layout = AppLayout(app, platform.environment)
     with gitops_clone(platform, state_dir) as (clone, head):
@@ -82,6 +103,7 @@ def rollback(control_repo: ControlRepo, control_root: Path, app: str, version: i
         current = history[-1]
         target_text = blob_at(clone, target.gitops_commit, layout.release)
         current_raw = record_at(clone, current.gitops_commit, layout.release) or {}
+        target_config = config_at(clone, target.gitops_commit, layout)
     shown = f"{layout.release} at {target.gitops_commit[:12]}"
     release = release_from_record(yaml.safe_load(target_text or "") or None, shown, app)
     current_rollback = current_raw.get("rollback") if isinstance(current_raw.get("rollback"), dict) else None
@@ -90,6 +112,10 @@ def rollback(control_repo: ControlRepo, control_root: Path, app: str, version: i
         raise UserError(f"{layout.release}: the current release records no commit, so a rollback could not keep "
                         "its pushes from deploying again; deploy the app once with `cupaas deploy`")
     release = replace(release, rollback=Rollback(version=target.version, superseded=superseded))
+    changes = changed_keys(registration, target_config)
+    restore = ConfigRestore(app, target.version, target_config, changes, target.gitops_commit) if changes else None
+    if restore is not None:
+        control_repo = replace(control_repo, apps={**control_repo.apps, app: restored(registration, target_config)})
     registry = PluginRegistry()
     sealer = cert_sealer(load_sealing_cert(control_root, platform, f"{control_repo.path}/{PLATFORM_FILE}"))
     # Render once in a scratch dir: an error stops the rollback before anything is committed.
@@ -101,6 +127,7 @@ def rollback(control_repo: ControlRepo, control_root: Path, app: str, version: i
         review_branch = f"cupaas/{app}-{platform.environment}-rollback"
         if platform.gitops.forge is not None:
             forge = forge_factory(platform.gitops.forge, environ)
+    control = change_control(restore)
     before_publish()
 
     def apply_change(worktree: Path) -> Sequence[str]:
@@ -116,6 +143,8 @@ def rollback(control_repo: ControlRepo, control_root: Path, app: str, version: i
     title = f"Roll back {app} to v{target.version} ({commit12})"
     message = (f"{title}\n\nRestores the image of v{target.version}: {release.image}\n"
                f"Replaces v{current.version} ({current.image}).\n"
+               + (f"Restores the config of v{target.version} too: {'; '.join(changes)}.\n" if changes
+                  else f"The config (env, secrets, replicas) already was v{target.version}'s.\n") +
                f"Pushes of {superseded[:12]} and its ancestors are not deployed again; the next new commit is.\n")
     gitops = GitOpsRepo(platform.gitops.repo, platform.gitops.branch, state_dir / "gitops", log=log)
     log(f"-----> Rolling back {app} to v{target.version} ({commit12}, {release.image.digest[:19]})")
@@ -124,4 +153,4 @@ def rollback(control_repo: ControlRepo, control_root: Path, app: str, version: i
                                + "".join(f"- `{p}`\n" for p in changed))
     return RollbackResult(target=target, current=current, gitops_commit=published.commit, branch=published.branch,
                           pull_request=published.pull_request.url if published.pull_request else None,
-                          superseded=superseded)
+                          superseded=superseded, config_changes=changes, control=control)
