@@ -1,6 +1,6 @@
 """A Kafka broker of the tests' own (scripts/kafka on another port and directory), and `cupaas worker` processes.
 
-Used by tests/test_kafka_queue.py and benchmarks/queue.py. The broker is never the developer's one on
+Used by tests/test_kafka_queue.py and benchmarks/job_queue.py. The broker is never the developer's one on
 19092: the tests reset and stop theirs, on port 19192 with its data in .state/kafka-test/.
 """
 

@@ -1,6 +1,6 @@
 """Accepted pushes per second and finished jobs per second: the Kafka queue against SQLite, 1 and 3 workers.
 
-    .venv/bin/python benchmarks/queue.py [--apps 10] [--pushes 3] [--clients 8] [--real]
+    .venv/bin/python benchmarks/job_queue.py [--apps 10] [--pushes 3] [--clients 8] [--real]
 
 Each configuration gets a fresh world (app repos, an empty GitOps repo, a control repo registering the
 apps) and one burst: ``apps x pushes`` signed GitHub push deliveries, each of a new commit, sent by
@@ -21,20 +21,15 @@ shares the machine's cores with the client.
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path, and this file would shadow the standard
-# library's `queue` (which concurrent.futures imports): take the folder off before importing anything else.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from contextlib import ExitStack, contextmanager  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
