@@ -51,6 +51,15 @@ KINDS = ("deploy", "reconcile", "rollout")
 Request = tuple[str, str | None, str | None]  # (kind, app, commit)
 
 
+def check_requests(requests: Sequence[Request]) -> None:
+    """Every queue backend refuses the same malformed requests (a bug of the caller, never user input)."""
+    for kind, app, _commit in requests:
+        if kind not in KINDS:
+            raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if kind == "deploy" and not app:
+            raise ValueError("a deploy job needs an app")
+
+
 class JobLost(RuntimeError):
     """The job is no longer running under this queue instance (finished, or recovered by another process)."""
 
@@ -253,11 +262,7 @@ class SqliteJobQueue:
     def enqueue_delivery(self, delivery: str | None, requests: Sequence[Request],
                          also: Sequence[str] = ()) -> tuple[list[str], bool]:
         keys = [k for k in (delivery, *also) if k is not None]
-        for kind, app, _commit in requests:
-            if kind not in KINDS:
-                raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
-            if kind == "deploy" and not app:
-                raise ValueError("a deploy job needs an app")
+        check_requests(requests)
         now = time.time()
         with self._transaction() as conn:
             for key in keys:

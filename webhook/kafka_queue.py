@@ -41,7 +41,18 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from generator.errors import UserError
 
 from . import kafka_topics as topics
-from .jobs import ACTIVE, FINISHED, KINDS, RELEASED, STATES, Job, JobLost, JobQueue, Request, SqliteJobQueue
+from .jobs import (
+    ACTIVE,
+    FINISHED,
+    RELEASED,
+    STATES,
+    Job,
+    JobLost,
+    JobQueue,
+    Request,
+    SqliteJobQueue,
+    check_requests,
+)
 from .kafka_topics import KafkaSettings, QueueUnavailable, ensure_topics, parse_kafka_url
 
 logger = logging.getLogger(__name__)
@@ -256,11 +267,7 @@ class KafkaJobQueue:
     def enqueue_delivery(self, delivery: str | None, requests: Sequence[Request],
                          also: Sequence[str] = ()) -> tuple[list[str], bool]:
         keys = [k for k in (delivery, *also) if k is not None]
-        for kind, app, _commit in requests:
-            if kind not in KINDS:
-                raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
-            if kind == "deploy" and not app:
-                raise ValueError("a deploy job needs an app")
+        check_requests(requests)
         seen = self.view.first_for(keys)
         if seen is not None:
             return seen, False
