@@ -459,7 +459,9 @@ def test_pull_request_mode_goes_live_once_the_merge_reaches_the_branch(world: Wo
     assert rollout["state"] == "succeeded", rollout["log"]
     assert settled["state"] == "live", settled["log"]
     assert settled["url"] == f"https://echo.{DOMAIN}" and settled["health"] == "Healthy"
-    assert echo_answer(world)["release"] == "5"
+    # Live: the new pods serve; the old one may answer for a moment more while Traefik drops its endpoint.
+    wait_for("release 5 answering", lambda: a if (a := _answer_or_none(world)) and a["release"] == "5" else None,
+             30, 0.5)
     assert world.forges["echo"].states(sha) == ["pending", "pending", "pending", "success"]
     assert world.forges["echo"].for_commit(sha)[-1].target_url == f"https://echo.{DOMAIN}"
     assert prs.violations == []
