@@ -172,18 +172,36 @@ def remove_apps(cluster: Cluster, apps: list[str]) -> None:
     recycle_volumes(cluster)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: str) -> Iterator[World]:
+@dataclass(frozen=True)
+class ClusterPlatform:
+    cluster: Cluster
+    root: Path
+    control: Path
+    gitops_bare: Path
+
+
+def cluster_platform(tmp_path_factory: pytest.TempPathFactory, name: str, domain: str, registry: str,
+                     pypi_mirror: str, apps: list[str]) -> ClusterPlatform:
+    """A platform of one test module's own on the local cluster: ``apps`` of an earlier run removed, `cupaas init`
+    for this cluster with rollouts followed, the GitOps repo served as a bare repo, no example app. The caller
+    registers its apps, then bootstraps Argo CD."""
     cluster = Cluster(Path(infra_setting("CUPAAS_TEST_KUBECONFIG", CLUSTER_HINT)),
                       Path(infra_setting("CUPAAS_TEST_SEALING_CERT", CLUSTER_HINT)))
-    remove_apps(cluster, ["echo", "tasks"])
-    root = tmp_path_factory.mktemp("e2e")
+    remove_apps(cluster, apps)
+    root = tmp_path_factory.mktemp(name)
     control, gitops, gitops_bare = root / "control", root / "gitops", root / "gitops.git"
-    init_platform(cluster, control, gitops, gitops_bare, DOMAIN, registry, pypi_mirror)
-    use_cluster_mongodb_image(control)
+    init_platform(cluster, control, gitops, gitops_bare, domain, registry, pypi_mirror)
     follow_rollouts(control, cluster.kubeconfig)
     as_bare(gitops, gitops_bare)
     (control / "apps" / f"{EXAMPLE_APP}.yaml").unlink()
+    return ClusterPlatform(cluster, root, control, gitops_bare)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: str) -> Iterator[World]:
+    platform = cluster_platform(tmp_path_factory, "e2e", DOMAIN, registry, pypi_mirror, ["echo", "tasks"])
+    cluster, root, control, gitops_bare = platform.cluster, platform.root, platform.control, platform.gitops_bare
+    use_cluster_mongodb_image(control)
     apps = {"echo": make_app_repo(root, "echo", ECHO_APP), "tasks": make_app_repo(root, "tasks")}
     sealed = subprocess.run([*cupaas_command(), "seal", str(control), "echo", "API_TOKEN"], input=TOKEN,
                             capture_output=True, text=True, timeout=60)

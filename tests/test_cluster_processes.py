@@ -17,14 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import AppRepo, git, make_app_repo
-from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, bootstrap_argocd, init_platform
-from test_cluster_e2e import follow_rollouts, remove_apps
+from test_cluster_deploy import ARGOCD, ENV, Cluster, bootstrap_argocd
+from test_cluster_e2e import cluster_platform, remove_apps
 from test_cluster_up import ingress_get, wait_for
 from webhook_support import cupaas_command
-
-from generator.init import EXAMPLE_APP
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
@@ -59,20 +56,13 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: str) -> Iterator[World]:
-    cluster = Cluster(Path(infra_setting("CUPAAS_TEST_KUBECONFIG", CLUSTER_HINT)),
-                      Path(infra_setting("CUPAAS_TEST_SEALING_CERT", CLUSTER_HINT)))
-    remove_apps(cluster, [APP])
-    root = tmp_path_factory.mktemp("procs")
-    control, gitops, gitops_bare = root / "control", root / "gitops", root / "gitops.git"
-    init_platform(cluster, control, gitops, gitops_bare, DOMAIN, registry, pypi_mirror)
-    follow_rollouts(control, cluster.kubeconfig)
-    as_bare(gitops, gitops_bare)
-    (control / "apps" / f"{EXAMPLE_APP}.yaml").unlink()
-    world = World(cluster, control, make_app_repo(root, APP, SOURCE), root / "state")
+    platform = cluster_platform(tmp_path_factory, "procs", DOMAIN, registry, pypi_mirror, [APP])
+    root = platform.root
+    world = World(platform.cluster, platform.control, make_app_repo(root, APP, SOURCE), root / "state")
     world.register({"GREETING": "hi"})
-    bootstrap_argocd(cluster, root, gitops_bare)
+    bootstrap_argocd(platform.cluster, root, platform.gitops_bare)
     yield world
-    remove_apps(cluster, [APP])
+    remove_apps(platform.cluster, [APP])
 
 
 def when(stamp: str) -> datetime:

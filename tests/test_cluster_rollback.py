@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CLUSTER_HINT, infra_setting
 from deploy_support import AppRepo, git, make_app_repo
-from test_cluster_deploy import ARGOCD, ENV, Cluster, as_bare, bootstrap_argocd, init_platform, run_cupaas
-from test_cluster_e2e import ECHO_APP, JOB_TIMEOUT, ROLLOUT_TIMEOUT, follow_rollouts, release_source, remove_apps
+from test_cluster_deploy import ARGOCD, ENV, Cluster, bootstrap_argocd, run_cupaas
+from test_cluster_e2e import ECHO_APP, JOB_TIMEOUT, ROLLOUT_TIMEOUT, cluster_platform, release_source, remove_apps
 from test_cluster_up import ingress_get, wait_for
 from webhook_support import ServedCupaas, commit_and_push, served, write_app_secret
 
-from generator.init import EXAMPLE_APP
 from webhook.git_hook import install_post_receive
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
@@ -76,15 +74,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, registry: str, pypi_mirror: str) -> Iterator[World]:
-    cluster = Cluster(Path(infra_setting("CUPAAS_TEST_KUBECONFIG", CLUSTER_HINT)),
-                      Path(infra_setting("CUPAAS_TEST_SEALING_CERT", CLUSTER_HINT)))
-    remove_apps(cluster, [APP])
-    root = tmp_path_factory.mktemp("rollback")
-    control, gitops, gitops_bare = root / "control", root / "gitops", root / "gitops.git"
-    init_platform(cluster, control, gitops, gitops_bare, DOMAIN, registry, pypi_mirror)
-    follow_rollouts(control, cluster.kubeconfig)
-    as_bare(gitops, gitops_bare)
-    (control / "apps" / f"{EXAMPLE_APP}.yaml").unlink()
+    platform = cluster_platform(tmp_path_factory, "rollback", DOMAIN, registry, pypi_mirror, [APP])
+    cluster, root, control, gitops_bare = platform.cluster, platform.root, platform.control, platform.gitops_bare
     app = make_app_repo(root, APP, ECHO_APP)
     (control / "apps" / f"{APP}.yaml").write_text(yaml.safe_dump({"repo": app.url, "branch": "main",
                                                                   "env": {"GREETING": "rollback"}}))
