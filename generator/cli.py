@@ -12,6 +12,7 @@ import click
 
 from . import __version__, names
 from .commands import register as register_app_commands
+from .commands.config import read_stdin_value
 from .commit_status import DeployStatuses, reporter_for
 from .errors import CupaasError, ValidationErrors
 from .gitops_tree import apply
@@ -23,7 +24,6 @@ from .releases import cert_sealer, parse_assignment, release_for, render_control
 from .sealing import seal
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAX_SECRET_BYTES = 512 * 1024  # with its sealing overhead, a Secret's data must stay under 1 MiB
 
 
 def _fail(message: str) -> None:
@@ -114,15 +114,7 @@ def seal_command(control_dir: Path, app: str, key: str, value: str | None) -> No
     if not names.is_env_name(key):
         raise CupaasError(f"key {key!r}: use letters, digits and '_', not starting with a digit")
     if value is None:
-        if sys.stdin.isatty():
-            click.echo(f"Type the value of {key}, then Ctrl-D:", err=True)
-        try:
-            value = sys.stdin.buffer.read(MAX_SECRET_BYTES + 1).decode("utf-8")
-        except UnicodeDecodeError:
-            raise CupaasError(f"the value of {key} on standard input is not UTF-8 text") from None
-        if len(value.encode("utf-8")) > MAX_SECRET_BYTES:
-            raise CupaasError(f"the value of {key} is larger than {MAX_SECRET_BYTES} bytes (a Secret holds 1 MiB)")
-        value = value[:-1] if value.endswith("\n") else value
+        value = read_stdin_value(key)
     if value == "":
         raise CupaasError(f"the value of {key} is empty; pass --value or pipe it on standard input")
     if not (control_dir / "apps" / f"{app}.yaml").is_file():

@@ -21,7 +21,7 @@ from ..sealing import seal
 from .control_change import ControlChange
 from .registrations import app_file, dump, read_registration
 
-MAX_SECRET_BYTES = 512 * 1024
+MAX_SECRET_BYTES = 512 * 1024  # with its sealing overhead, a Secret's data must stay under 1 MiB
 _MAX_SCALE = {"web": 100}
 
 
@@ -44,6 +44,7 @@ def parse_pairs(items: Sequence[str], what: str, allow_bare: bool = False) -> li
 
 
 def read_stdin_value(key: str) -> str:
+    """A value typed or piped on standard input (`cupaas seal`, `config:set --secret`), one final newline off."""
     if sys.stdin.isatty():
         print(f"Type the value of {key}, then Ctrl-D:", file=sys.stderr)
     try:
