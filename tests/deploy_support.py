@@ -122,3 +122,16 @@ def export(bare: Path, ref: str, dest: Path) -> Path:
     archive = subprocess.run(["git", "archive", ref], cwd=bare, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
+
+
+def dockerfile_app(root: Path, name: str, base_image: str, build_seconds: int = 0) -> Path:
+    """The source of an app built from its own small Dockerfile (no pip, a build of seconds) that serves on
+    8080; with ``build_seconds`` its build sleeps that long (a job surely running when a test acts on it)."""
+    source = root / f"{name}-source"
+    source.mkdir()
+    (source / ".cupaas").write_text("runtime: python\ndockerfile: Dockerfile\n")
+    sleep = f"RUN sleep {build_seconds}\n" if build_seconds else ""
+    (source / "Dockerfile").write_text(f"FROM {base_image}\nWORKDIR /app\nCOPY . /app\n{sleep}"
+                                       'CMD ["python3", "-m", "http.server", "8080"]\n')
+    (source / "VERSION").write_text("1\n")
+    return source

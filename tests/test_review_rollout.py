@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import AppRepo, git, heads, make_app_repo, make_control, make_gitops_repo
+from deploy_support import AppRepo, dockerfile_app, git, heads, make_app_repo, make_control, make_gitops_repo
 from fake_forge import TOKEN as PR_TOKEN
 from fake_forge import FakeForge, serve
 from fake_status_forge import TOKEN as STATUS_TOKEN
@@ -53,19 +53,9 @@ class World:
         return git("rev-parse", "HEAD", cwd=work), PushAnswer(done.stdout + done.stderr)
 
 
-def _small_app(root: Path, base_image: str) -> Path:
-    source = root / "board-source"
-    source.mkdir()
-    (source / ".cupaas").write_text("runtime: python\ndockerfile: Dockerfile\n")
-    (source / "Dockerfile").write_text(f"FROM {base_image}\nWORKDIR /app\nCOPY . /app\n"
-                                       'CMD ["python3", "-m", "http.server", "8080"]\n')
-    (source / "VERSION").write_text("1\n")
-    return source
-
-
 @pytest.fixture
 def world(tmp_path: Path, registry: str, base_image: str) -> Iterator[World]:
-    app = make_app_repo(tmp_path, APP, _small_app(tmp_path, base_image))
+    app = make_app_repo(tmp_path, APP, dockerfile_app(tmp_path, "board", base_image))
     gitops = make_gitops_repo(tmp_path, initial_commit=True)
     with serve("github") as (pr_api, prs), serve_statuses("github", {"acme/board"}) as statuses:
         prs.reset()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import AppRepo, git, heads, make_app_repo, make_control, make_gitops_repo
+from deploy_support import AppRepo, dockerfile_app, git, heads, make_app_repo, make_control, make_gitops_repo
 from loopback import MANIFEST_TYPES
 from webhook_support import (
     HTTP,
@@ -238,22 +238,11 @@ def test_push_through_the_hook_deploys_the_commit(forge: str, forge_world: dict[
         manifest.read()
 
 
-def _slow_app(root: Path, base_image: str, seconds: int) -> Path:
-    """An app with its own Dockerfile whose build sleeps: a job that is surely running when killed."""
-    source = root / "slow-app-source"
-    source.mkdir()
-    (source / ".cupaas").write_text("runtime: python\ndockerfile: Dockerfile\n")
-    (source / "Dockerfile").write_text(f"FROM {base_image}\nWORKDIR /app\nCOPY . /app\nRUN sleep {seconds}\n"
-                                       'CMD ["python3", "-m", "http.server", "8080"]\n')
-    (source / "VERSION").write_text("1\n")
-    return source
-
-
 @pytest.mark.docker
 def test_service_killed_while_a_job_runs_completes_it_after_restart(tmp_path: Path, registry: str,
                                                                     base_image: str) -> None:
     """Must-show 3: SIGKILL (master and worker) during a build; after a restart the job succeeds, one commit."""
-    app = make_app_repo(tmp_path, "slow", source=_slow_app(tmp_path, base_image, seconds=4))
+    app = make_app_repo(tmp_path, "slow", source=dockerfile_app(tmp_path, "slow-app", base_image, build_seconds=4))
     gitops = make_gitops_repo(tmp_path)
     control = make_control(tmp_path, registry, base_image, gitops.as_uri(), {"slow": app.url})
     service = ServedCupaas(control, tmp_path / "state", workers=1)
