@@ -122,8 +122,11 @@ def test_locked_packages_install_one_per_line_without_copying_files(python: Plug
         "    'colorama==0.4.6 ; platform_system == \"Windows\"' \\\n"
         "    fastapi==0.115.6 \\\n"
         "    uvicorn==0.34.0\n"
-        "COPY . .\n"
     ) in dockerfile
+    # No dependency file is copied first: the only COPY is the source's, after the install.
+    copies = [line for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert copies == ["COPY . ."]
+    assert dockerfile.index("uvicorn==0.34.0\n") < dockerfile.index("COPY . .")
 
 
 def test_requirements_includes_are_copied_before_install(python: Plugin) -> None:
@@ -342,7 +345,18 @@ def test_dockerfile_runs_as_numeric_non_root_user(python: Plugin) -> None:
     user = next(line for line in lines if line.startswith("USER "))
     uid, gid = user.removeprefix("USER ").split(":")
     assert int(uid) > 0 and int(gid) > 0
-    assert lines.index(user) > lines.index("COPY . .")
+    # The installs run as root, before it; the app's own files are copied (as root) after it.
+    runs = [i for i, line in enumerate(lines) if line.startswith("RUN ")]
+    assert runs and lines.index(user) > max(runs)
+    # A code-only change rebuilds the source layer only: nothing follows it.
+    assert lines[-1] == "COPY . ."
+
+
+def test_dockerfile_with_build_steps_switches_user_after_them(python: Plugin) -> None:
+    lines = plan(python, DATA / "django-static").dockerfile.splitlines()
+    user = lines.index("USER 10001:10001")
+    assert lines.index("COPY . .") < user == len(lines) - 1
+    assert all(not line.startswith("RUN ") for line in lines[user:])
 
 
 def test_plan_is_deterministic(python: Plugin, tmp_path: Path) -> None:
