@@ -258,7 +258,7 @@ spec:
         command: ["/bin/sh", "-c", "exec gunicorn app:app --bind 0.0.0.0:8080"]
         ports: [{name: http, containerPort: 8080}]
         readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 5, timeoutSeconds: 3}
-        startupProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2, failureThreshold: 60}
+        startupProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 120}
         lifecycle: {preStop: {sleep: {seconds: 5}}}
 ---
 apiVersion: v1

@@ -187,7 +187,9 @@ def _probes(inputs: AppInputs) -> dict[str, Any]:
     probe: dict[str, Any] = ({"httpGet": {"path": healthcheck, "port": "http"}} if healthcheck
                              else {"tcpSocket": {"port": "http"}})
     return {
-        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 60},
+        # Asked every second while the pod starts (120 s in all): a new release serves about as soon as it
+        # can, instead of up to a period later; once started, the readiness and liveness probes take over.
+        "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": 120},
         "readinessProbe": {**probe, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
     }
