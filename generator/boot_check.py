@@ -124,8 +124,12 @@ class BootFailed(UserError):
     """The image did not boot: its process exited during the check."""
 
 
-def run_boot_check(api: docker.APIClient, image: str, spec: BootSpec, log: Log) -> None:
-    """Start ``image`` (a local tag) per ``spec`` with no network; raise BootFailed if it exits."""
+def run_boot_check(api: docker.APIClient, image: str, spec: BootSpec, log: Log,
+                   remove: Callable[[str], None] | None = None) -> None:
+    """Start ``image`` (a local tag) per ``spec`` with no network; raise BootFailed if it exits.
+
+    The container is removed at the end, by ``remove`` when given (in the background: the deploy goes on
+    meanwhile), else here."""
     started = time.monotonic()
     shown = spec.command or "the image CMD"
     log(f"-----> Boot check: starting {image} ({shown}), up to {spec.timeout:g}s, no network")
@@ -168,8 +172,11 @@ def run_boot_check(api: docker.APIClient, image: str, spec: BootSpec, log: Log) 
         raise TransientError(f"boot check: lost the Docker engine: {e}") from e
     finally:
         # A leftover (engine gone) carries CHECK_LABEL, so an operator can find it.
-        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-            api.remove_container(cid, force=True)
+        if remove is not None:
+            remove(cid)
+        else:
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                api.remove_container(cid, force=True)
 
 
 @dataclass(frozen=True)

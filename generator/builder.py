@@ -27,7 +27,7 @@ import urllib3.exceptions
 from .boot_check import BootFailed, BootSpec, run_boot_check
 from .errors import CupaasError, TransientError, UserError
 from .isolation.mirrors import BuildNetwork
-from .isolation.sandbox import BuildSandbox
+from .isolation.sandbox import BuildSandbox, SpareHolders
 from .models import ImageRef
 
 INDENT = "       "
@@ -118,11 +118,24 @@ class DockerBuilder:
     environment decides (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH). Registry credentials are
     the engine client's own (``docker login``), never passed through cupaas' logs or errors.
     `pull` refreshes the base image on every build, for bases that move under a fixed tag.
+    `keep_warm` is for long-running processes (``serve``, ``worker``): the next build's network holder is
+    started, and finished containers are removed, in the background (`SpareHolders`); `close` ends that.
     """
 
-    def __init__(self, base_url: str | None = None, *, pull: bool = False) -> None:
+    def __init__(self, base_url: str | None = None, *, pull: bool = False, keep_warm: bool = False) -> None:
         self._base_url = base_url
         self._pull = pull
+        self._spares = SpareHolders(lambda: self._connect().api) if keep_warm else None
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait for the background work of the last builds (a no-op without `keep_warm`)."""
+        if self._spares is not None:
+            self._spares.settle(timeout)
+
+    def close(self) -> None:
+        """Remove the spare holders and wait for the background clean-up (a no-op without `keep_warm`)."""
+        if self._spares is not None:
+            self._spares.close()
 
     def build_and_push(
         self,
@@ -163,7 +176,8 @@ class DockerBuilder:
                 self._build(client.api, context, dockerfile, ref, labels, log, network)
                 if boot is not None:
                     try:
-                        run_boot_check(client.api, ref, boot, log)
+                        run_boot_check(client.api, ref, boot, log,
+                                       remove=self._spares.remove_later if self._spares is not None else None)
                     except BootFailed:
                         # Nothing may push this tag by mistake later: only a checked image is ever pushed.
                         with contextlib.suppress(docker.errors.APIError):
@@ -234,7 +248,7 @@ class DockerBuilder:
                 raise ValueError(f"build context {context} contains the temporary directory {tmp}")
             dockerfile_path.write_text(dockerfile, encoding="utf-8")
             try:
-                with BuildSandbox(api, network, log) as sandbox:
+                with BuildSandbox(api, network, log, spares=self._spares) as sandbox:
                     stream = api.build(
                         path=str(context),
                         dockerfile=str(dockerfile_path),
@@ -272,6 +286,13 @@ class DockerBuilder:
 
     def _push(self, api: docker.APIClient, repository: str, tag: str, log: Log) -> str:
         return push_image(api, repository, tag, log)
+
+
+def close_builder(builder: Builder) -> None:
+    """End a builder's background work, for builders that have any (`DockerBuilder` with ``keep_warm``)."""
+    close = getattr(builder, "close", None)
+    if callable(close):
+        close()
 
 
 def push_image(api: docker.APIClient, repository: str, tag: str, log: Log) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from generator.builder import Builder, DockerBuilder
+from generator.builder import Builder, DockerBuilder, close_builder
 from generator.deploy import default_state_dir
 from generator.errors import CupaasError, UserError
 
@@ -48,6 +48,7 @@ class Runtime:
         if not self.pool.stop(20):
             self.pool.stop(5, abandon=True)
         self.queue.close()
+        close_builder(self.service.builder)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     control.refresh()  # a control repo URL that cannot be fetched stops the start, with the reason
     queue = open_queue(settings.get("QUEUE"), state_dir, role="serve")  # after the fork: Kafka clients hold threads
     metrics = Metrics(queue.counts)
-    builder: Builder = settings.get("BUILDER") or DockerBuilder()
+    builder: Builder = settings.get("BUILDER") or DockerBuilder(keep_warm=True)
     service = Service(control=control, state_dir=state_dir, builder=builder, on_step=metrics.observe_step,
                       queue=queue)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from generator.builder import Builder, DockerBuilder
+from generator.builder import Builder, DockerBuilder, close_builder
 
 from .control import ControlSource
 from .jobs import Job
@@ -39,7 +39,8 @@ def run_worker(control: str, state_dir: Path, queue_url: str | None, *, threads:
 
     previous = {sig: signal.signal(sig, stopping) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        service = Service(control=source, state_dir=state_dir, builder=builder or DockerBuilder(), queue=queue)
+        service = Service(control=source, state_dir=state_dir, builder=builder or DockerBuilder(keep_warm=True),
+                          queue=queue)
 
         def run_job(job: Job, log: Log) -> JobOutcome:
             echo(f"-----> Job {job.id}: {_what(job)} (attempt {job.attempts})")
@@ -56,6 +57,7 @@ def run_worker(control: str, state_dir: Path, queue_url: str | None, *, threads:
         echo("-----> Stopping: running jobs may end within 20s")
         if not pool.stop(20):
             pool.stop(5, abandon=True)
+        close_builder(service.builder)
     finally:
         queue.close()
         for sig, handler in previous.items():

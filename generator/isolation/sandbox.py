@@ -3,26 +3,35 @@
 `BuildSandbox` is entered around one build and gives the engine's ``network_mode`` for it: ``none``
 when the build may reach nothing, else ``container:<holder>``, where the holder (started with no
 network) serves each mirror on loopback through the relay (see the package docstring).
+
+A long-running cupaas (``serve``, ``worker``) keeps `SpareHolders`: after each build it starts, in the
+background, the holder the next build with the same image and mirrors will take, and removes the used
+one there too, so neither is on a deploy's path. A build never shares a holder: a spare has served no
+build before the one that takes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import docker
 import docker.errors
+import requests
 
-from ..errors import TransientError, UserError
+from ..errors import CupaasError, TransientError, UserError
 from .mirrors import BuildNetwork, Endpoint
 from .relay import Relay
 
@@ -35,7 +44,10 @@ LABEL = "org.cupaas.build-holder"  # <host>:<pid> of the cupaas process that sta
 # volume at this path in both the cupaas and the engine containers).
 RELAY_DIR_ENV = "CUPAAS_BUILD_RELAY_DIR"
 
+MAX_SPARES = 4  # spare holders kept at most (one per image and mirrors)
+
 Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def _alive(pid: int) -> bool:
@@ -61,18 +73,262 @@ def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT) -> None:
         ) from e
 
 
+@dataclass
+class Holder:
+    """A started holder container, the relay it reaches the mirrors through, and their shared directory."""
+
+    container: str
+    relay: Relay
+    directory: Path
+
+    def remove(self, api: docker.APIClient) -> None:
+        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+            api.remove_container(self.container, force=True)
+        self.relay.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _remove_orphans(api: docker.APIClient) -> None:
+    """Remove holders left by a cupaas process of this host that died mid-build (SIGKILL, OOM)."""
+    host = socket.gethostname()
+    try:
+        found = api.containers(all=True, filters={"label": LABEL})
+    except docker.errors.APIError:
+        return
+    for container in found:
+        owner_host, _, pid = str((container.get("Labels") or {}).get(LABEL, "")).rpartition(":")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_container(container["Id"], force=True)
+
+
+def start_holder(api: docker.APIClient, network: BuildNetwork, log: Log, relay_root: str | None) -> Holder:
+    """Start the relay and the holder for ``network`` (which has endpoints) and wait until it serves."""
+    _remove_orphans(api)
+    image = network.helper_image
+    if not image:
+        raise UserError("a build with mirrors needs a helper image with python3 (the runtime's base image)")
+    if relay_root:
+        Path(relay_root).mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="cupaas-build-", dir=relay_root))
+    relay: Relay | None = None
+    container: str | None = None
+    try:
+        shutil.copyfile(HOLDER_PROGRAM, directory / "holder.py")
+        relay = Relay(directory, network.endpoints)
+        relay.start()
+        spec = [[e.listen, e.port, f"{HOLDER_DIR}/{relay.socket_path(i).name}"]
+                for i, e in enumerate(network.endpoints)]
+        _ensure_image(api, image, log)
+        try:
+            created: dict[str, Any] = api.create_container(
+                image, command=["python3", f"{HOLDER_DIR}/holder.py", json.dumps(spec)],
+                labels={LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+                user=f"{os.getuid()}:{os.getgid()}", entrypoint=[],
+                host_config=api.create_host_config(
+                    network_mode="none",
+                    binds={str(directory): {"bind": HOLDER_DIR, "mode": "ro"}},
+                    extra_hosts={e.hostname: e.listen for e in network.endpoints if e.hostname},
+                    cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
+                    # Mirrors on ports below 1024 (https) are served inside by a process without capabilities.
+                    sysctls={"net.ipv4.ip_unprivileged_port_start": "0"},
+                    mem_limit="128m", pids_limit=256,
+                ))
+            container = str(created["Id"])
+            api.start(container)
+        except docker.errors.APIError as e:
+            raise TransientError(f"could not start the build's network holder ({image}): "
+                                 f"{e.explanation or e}") from e
+        _wait_ready(api, container)
+    except BaseException:
+        if container is not None:
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                api.remove_container(container, force=True)
+        if relay is not None:
+            relay.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return Holder(container=container, relay=relay, directory=directory)
+
+
+def _ensure_image(api: docker.APIClient, image: str, log: Log) -> None:
+    try:
+        api.inspect_image(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as e:
+        raise TransientError(f"Docker engine: inspecting {image}: {e.explanation or e}") from e
+    log(f"       pulling {image} (holds the build's network)")
+    try:
+        api.pull(image)
+    except docker.errors.APIError as e:
+        raise TransientError(f"pulling {image}: {e.explanation or e}") from e
+
+
+def _wait_ready(api: docker.APIClient, container: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        output = api.logs(container).decode("utf-8", "replace")
+        if "ready" in output.split():
+            return
+        state = api.inspect_container(container)["State"]
+        if not state.get("Running"):
+            tail = " | ".join(output.strip().splitlines()[-5:])
+            raise TransientError(f"the build's network holder exited with {state.get('ExitCode')}: {tail}")
+        time.sleep(0.02)
+    raise TransientError(f"the build's network holder was not ready within {READY_TIMEOUT:.0f}s")
+
+
+_Key = tuple[str | None, tuple[Endpoint, ...], str | None]
+
+
+class SpareHolders:
+    """Holders started ahead of the builds of one long-running process; see the module docstring.
+
+    ``connect`` gives a Docker API client for the background work (each thread opens and closes its own).
+    `close` removes the spares and waits for the background work; a process killed before that leaves
+    its spares to the orphan clean-up of the next build on this host.
+    """
+
+    def __init__(self, connect: Callable[[], docker.APIClient], relay_root: str | None = None) -> None:
+        self._connect = connect
+        self._relay_root = relay_root if relay_root is not None else os.environ.get(RELAY_DIR_ENV)
+        self._lock = threading.Lock()
+        self._spares: dict[_Key, Holder] = {}  # in the order they were started
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+
+    @property
+    def relay_root(self) -> str | None:
+        return self._relay_root
+
+    def take(self, api: docker.APIClient, network: BuildNetwork) -> Holder | None:
+        """The spare started for ``network``, if there is one and it still runs (it is then the caller's)."""
+        with self._lock:
+            holder = self._spares.pop(self._key(network), None)
+        if holder is None:
+            return None
+        try:
+            running = bool(api.inspect_container(holder.container)["State"].get("Running"))
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            running = False
+        if running:
+            return holder
+        holder.remove(api)  # the engine restarted, or someone removed it: the build starts its own
+        return None
+
+    def after_build(self, used: Holder | None, network: BuildNetwork) -> None:
+        """In the background: remove the holder a build used, and start the next build's spare."""
+        self._background(lambda: self._replace(used, network))
+
+    def _background(self, work: Callable[[], None]) -> None:
+        """Run ``work`` in a thread of its own that `close` waits for; after `close`, right here."""
+        thread = threading.Thread(target=work, name="cupaas-spare-holder", daemon=True)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._threads.add(thread)
+        if closed:
+            work()
+        else:
+            thread.start()
+
+    def remove_later(self, container: str) -> None:
+        """Remove a finished container (a boot check's) in the background, off the deploy's path."""
+        def remove() -> None:
+            try:
+                api = self._connect()
+            except Exception:
+                logger.warning("could not reach the Docker engine to remove container %s", container[:12])
+                self._done()
+                return
+            try:
+                with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                    api.remove_container(container, force=True)
+            finally:
+                api.close()
+                self._done()
+
+        self._background(remove)
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait for the background work under way: removals done, the spare started (or given up)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.settle()
+        with self._lock:
+            spares, self._spares = list(self._spares.values()), {}
+        if spares:
+            api = self._connect()
+            try:
+                for holder in spares:
+                    holder.remove(api)
+            finally:
+                api.close()
+
+    def _key(self, network: BuildNetwork) -> _Key:
+        return (network.helper_image, network.endpoints, self._relay_root)
+
+    def _replace(self, used: Holder | None, network: BuildNetwork) -> None:
+        key = self._key(network)
+        try:
+            api = self._connect()
+        except Exception:  # the engine is gone: the next build says so, with the reason
+            logger.warning("could not reach the Docker engine to prepare the next build's holder", exc_info=True)
+            self._done()
+            return
+        try:
+            if used is not None:
+                used.remove(api)
+            with self._lock:
+                wanted = not self._closed and key not in self._spares
+            if not wanted:
+                return
+            spare = start_holder(api, network, lambda _line: None, self._relay_root)
+            with self._lock:
+                keep = not self._closed and key not in self._spares
+                evicted: list[Holder] = []
+                if keep:
+                    self._spares[key] = spare
+                    while len(self._spares) > MAX_SPARES:
+                        evicted.append(self._spares.pop(next(iter(self._spares))))
+            for holder in evicted if keep else [spare]:
+                holder.remove(api)
+        except (CupaasError, docker.errors.APIError, requests.exceptions.RequestException, OSError) as e:
+            logger.warning("could not prepare the next build's holder (the build will start its own): %s", e)
+        finally:
+            api.close()
+            self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self._threads.discard(threading.current_thread())
+
+
 class BuildSandbox:
-    """Context manager around one build; ``network_mode`` is valid inside it."""
+    """Context manager around one build; ``network_mode`` is valid inside it.
+
+    With ``spares``, the holder comes from there when one is ready, and is removed in the background.
+    """
 
     def __init__(self, api: docker.APIClient, network: BuildNetwork, log: Log,
-                 relay_root: str | None = None) -> None:
+                 relay_root: str | None = None, spares: SpareHolders | None = None) -> None:
         self._api = api
         self._network = network
         self._log = log
-        self._relay_root = relay_root if relay_root is not None else os.environ.get(RELAY_DIR_ENV)
-        self._dir: Path | None = None
-        self._relay: Relay | None = None
-        self._holder: str | None = None
+        self._spares = spares
+        if relay_root is None:
+            relay_root = spares.relay_root if spares is not None else os.environ.get(RELAY_DIR_ENV)
+        self._relay_root = relay_root
+        self._holder: Holder | None = None
         self.network_mode = "none"
 
     def __enter__(self) -> BuildSandbox:
@@ -82,110 +338,26 @@ class BuildSandbox:
             return self
         for endpoint in endpoints:
             probe(endpoint)
-        try:
-            self._start(endpoints)
-        except BaseException:
-            self._stop()
-            raise
+        if self._spares is not None:
+            self._holder = self._spares.take(self._api, self._network)
+        if self._holder is None:
+            self._holder = start_holder(self._api, self._network, self._log, self._relay_root)
+        self.network_mode = f"container:{self._holder.container}"
         shown = ", ".join(e.origin for e in endpoints)
         self._log(f"       build network: only {shown}")
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stop()
+        holder, self._holder = self._holder, None
+        if self._spares is not None and self._network.endpoints:
+            self._spares.after_build(holder, self._network)
+        elif holder is not None:
+            holder.remove(self._api)
 
     def unreachable(self) -> str:
         """A sentence about mirrors that failed during the build, or ''."""
-        if self._relay is None:
+        if self._holder is None:
             return ""
         return " ".join(f"package mirror {e.url} (cupaas.yaml {e.setting}) was unreachable during the build: "
-                        f"{why}." for e, why in self._relay.failures())
-
-    def _remove_orphans(self) -> None:
-        """Remove holders left by a cupaas process of this host that died mid-build (SIGKILL, OOM)."""
-        host = socket.gethostname()
-        try:
-            found = self._api.containers(all=True, filters={"label": LABEL})
-        except docker.errors.APIError:
-            return
-        for container in found:
-            owner_host, _, pid = str((container.get("Labels") or {}).get(LABEL, "")).rpartition(":")
-            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-                with contextlib.suppress(docker.errors.APIError):
-                    self._api.remove_container(container["Id"], force=True)
-
-    def _start(self, endpoints: tuple[Endpoint, ...]) -> None:
-        self._remove_orphans()
-        image = self._network.helper_image
-        if not image:
-            raise UserError("a build with mirrors needs a helper image with python3 (the runtime's base image)")
-        if self._relay_root:
-            Path(self._relay_root).mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix="cupaas-build-", dir=self._relay_root))
-        shutil.copyfile(HOLDER_PROGRAM, self._dir / "holder.py")
-        self._relay = Relay(self._dir, endpoints)
-        self._relay.start()
-        spec = [[e.listen, e.port, f"{HOLDER_DIR}/{self._relay.socket_path(i).name}"]
-                for i, e in enumerate(endpoints)]
-        self._ensure_image(image)
-        try:
-            created: dict[str, Any] = self._api.create_container(
-                image, command=["python3", f"{HOLDER_DIR}/holder.py", json.dumps(spec)],
-                labels={LABEL: f"{socket.gethostname()}:{os.getpid()}"},
-                user=f"{os.getuid()}:{os.getgid()}", entrypoint=[],
-                host_config=self._api.create_host_config(
-                    network_mode="none",
-                    binds={str(self._dir): {"bind": HOLDER_DIR, "mode": "ro"}},
-                    extra_hosts={e.hostname: e.listen for e in endpoints if e.hostname},
-                    cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
-                    # Mirrors on ports below 1024 (https) are served inside by a process without capabilities.
-                    sysctls={"net.ipv4.ip_unprivileged_port_start": "0"},
-                    mem_limit="128m", pids_limit=256,
-                ))
-            self._holder = str(created["Id"])
-            self._api.start(self._holder)
-        except docker.errors.APIError as e:
-            raise TransientError(f"could not start the build's network holder ({image}): "
-                                 f"{e.explanation or e}") from e
-        self._wait_ready()
-        self.network_mode = f"container:{self._holder}"
-
-    def _ensure_image(self, image: str) -> None:
-        try:
-            self._api.inspect_image(image)
-            return
-        except docker.errors.ImageNotFound:
-            pass
-        except docker.errors.APIError as e:
-            raise TransientError(f"Docker engine: inspecting {image}: {e.explanation or e}") from e
-        self._log(f"       pulling {image} (holds the build's network)")
-        try:
-            self._api.pull(image)
-        except docker.errors.APIError as e:
-            raise TransientError(f"pulling {image}: {e.explanation or e}") from e
-
-    def _wait_ready(self) -> None:
-        assert self._holder is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            output = self._api.logs(self._holder).decode("utf-8", "replace")
-            if "ready" in output.split():
-                return
-            state = self._api.inspect_container(self._holder)["State"]
-            if not state.get("Running"):
-                tail = " | ".join(output.strip().splitlines()[-5:])
-                raise TransientError(f"the build's network holder exited with {state.get('ExitCode')}: {tail}")
-            time.sleep(0.02)
-        raise TransientError(f"the build's network holder was not ready within {READY_TIMEOUT:.0f}s")
-
-    def _stop(self) -> None:
-        if self._holder is not None:
-            with contextlib.suppress(docker.errors.APIError):
-                self._api.remove_container(self._holder, force=True)
-            self._holder = None
-        if self._relay is not None:
-            self._relay.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+                        f"{why}." for e, why in self._holder.relay.failures())
