@@ -746,3 +746,25 @@ def test_disable_collectstatic_in_the_app_env_skips_it(python: Plugin, value: st
 def test_manage_py_deeper_than_three_levels_is_not_collected(python: Plugin, tmp_path: Path) -> None:
     app_tree(tmp_path, {"a/b/c/manage.py": "", "requirements.txt": "django\n"})
     assert "collectstatic" not in plan(python, tmp_path, run="python serve.py").dockerfile
+
+
+def test_runtime_versions_without_their_debian_release_are_refused(tmp_path: Path) -> None:
+    """`versions.available` is the one list of versions: each names what `cupaas images build` makes it from."""
+    folder = tmp_path / "runtimes" / "python-copy"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "runtimes" / "python", folder)
+    spec = folder / "runtime.yaml"
+    text = spec.read_text().replace("name: python\n", "name: python-copy\n", 1)
+    spec.write_text(text.replace('"3.13": {debian: trixie}', '"3.13": {}'))
+    with pytest.raises(ValidationError) as raised:
+        load_plugins("runtimes", [tmp_path])
+    assert raised.value.file == str(spec)
+    assert "debian" in raised.value.message
+
+
+def test_base_image_recipes_are_the_runtimes_versions() -> None:
+    from generator.images.base_images import FLAVORS
+
+    available = load_plugins("runtimes")["python"].spec["versions"]["available"]
+    assert {minor: flavor.suite for minor, flavor in FLAVORS.items()} == {
+        minor: how["debian"] for minor, how in available.items()}
+    assert list(available) == ["3.11", "3.13"]

@@ -1,6 +1,7 @@
 """`cupaas images build`: the python runtime's base images, made from Debian packages, never pulled.
 
-Each Python minor comes from the Debian release that ships it (bookworm: 3.11, trixie: 3.13).
+Each Python minor comes from the Debian release that ships it (bookworm: 3.11, trixie: 3.13), as the python
+runtime's `versions.available` says.
 `mmdebstrap` assembles a minimal root filesystem through the platform's Debian mirror with python3 and
 a venv at /opt/venv first on PATH (Debian's pip refuses the system Python), plus the operator's extra
 CA certificates; the engine imports it and pushes it to ``<registry>/cupaas/python:<minor>``. The image
@@ -25,6 +26,7 @@ import docker.errors
 from ..builder import push_image
 from ..errors import TransientError, UserError
 from ..models import ImageRef, Platform
+from ..plugins import PluginRegistry
 from .apt_sources import host_debian_mirror
 
 RECIPE_LABEL = "org.cupaas.base-image.recipe"
@@ -43,7 +45,13 @@ class Flavor:
     suite: str  # the Debian release that ships it
 
 
-FLAVORS = {f.minor: f for f in (Flavor("3.11", "bookworm"), Flavor("3.13", "trixie"))}
+def _flavors() -> dict[str, Flavor]:
+    """The python runtime's available versions (runtimes/python/runtime.yaml), each with its Debian release."""
+    available = PluginRegistry().runtime("python").spec["versions"]["available"]
+    return {minor: Flavor(minor, str(how["debian"])) for minor, how in available.items()}
+
+
+FLAVORS = _flavors()
 
 
 def image_name(platform: Platform, minor: str) -> str:
