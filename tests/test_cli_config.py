@@ -111,6 +111,30 @@ def test_config_set_secret_is_sealed_and_never_written_in_plaintext(world: World
     assert world.control_log() == control_before
 
 
+def test_commands_keep_the_comments_and_layout_of_the_registration(world: World) -> None:
+    """A hand-written registration keeps every comment: each command's commit changes only its own lines."""
+    path = world.control / "apps" / "tasks.yaml"
+    text = path.read_text()
+    annotated = (f"# tasks: the to-do list (owner: team-a)\n{text.rstrip()}  # the app's repo\n"
+                 "# Settings: the pods restart when they change\n"
+                 "env:\n    # quiet by default\n    LOG_LEVEL: info\n")
+    path.write_text(annotated)
+    git("commit", "-q", "-am", "Annotate tasks", cwd=world.control)
+    git("push", "-q", world.control_arg, "main", cwd=world.control)
+
+    for args in (("config:set", "tasks", "GREETING=hi"), ("ps:scale", "tasks", "web=2"),
+                 ("deploys:pause", "tasks"), ("config:unset", "tasks", "GREETING")):
+        result = world.cli(*args)
+        assert result.exit_code == 0, result.output
+
+    patches = git("log", "-p", "--format=", "-4", "main", "--", "apps/tasks.yaml", cwd=world.control_bare)
+    changed = [line for line in patches.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed == ["-    GREETING: hi", "+auto_deploy: false", "+replicas: 2",
+                       "+    GREETING: hi"]
+    final = git("show", "main:apps/tasks.yaml", cwd=world.control_bare)
+    assert final == annotated.rstrip("\n") + "\nreplicas: 2\nauto_deploy: false"
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("config:set", "nosuch", "A=1"), ("nosuch", "registered apps: tasks")),
     (("config:set", "tasks", "LOG_LEVEL"), ("LOG_LEVEL", "KEY=VALUE")),

@@ -71,12 +71,12 @@ def list_apps(control: ControlRepo, state_dir: Path) -> list[AppRow]:
 
 def set_auto_deploy(app: str, on: bool, reason: str = "") -> Callable[[ControlRepo, Path], ControlChange]:
     def edit(control: ControlRepo, root: Path) -> ControlChange:
-        raw, header = read_registration(root, control, app)
+        raw, original = read_registration(root, control, app)
         if on:
             raw.pop("auto_deploy", None)
         else:
             raw["auto_deploy"] = False
         title = f"Resume automatic deploys of {app}" if on else f"Pause automatic deploys of {app}"
-        return ControlChange({app_file(app): dump(raw, header)}, title + (f"\n\n{reason}\n" if reason else ""),
+        return ControlChange({app_file(app): dump(raw, original)}, title + (f"\n\n{reason}\n" if reason else ""),
                              f"{app}-deploys")
     return edit

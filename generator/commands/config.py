@@ -68,7 +68,7 @@ def config_set(app: str, pairs: Sequence[tuple[str, str | None]], secret: bool,
         return values[key]
 
     def edit(control: ControlRepo, root: Path) -> ControlChange:
-        raw, header = read_registration(root, control, app)
+        raw, original = read_registration(root, control, app)
         shown = f"{control.path}/{app_file(app)}"
         env = dict(raw.get("env") or {})
         sealed = dict(raw.get("secrets") or {})
@@ -94,13 +94,13 @@ def config_set(app: str, pairs: Sequence[tuple[str, str | None]], secret: bool,
                                                                  if sealed else {})
         keys = ", ".join(k for k, _ in pairs)
         kind = "secret" if secret else "config"
-        return ControlChange({app_file(app): dump(raw, header)}, f"Set {kind} of {app}: {keys}", f"{app}-config")
+        return ControlChange({app_file(app): dump(raw, original)}, f"Set {kind} of {app}: {keys}", f"{app}-config")
     return edit
 
 
 def config_unset(app: str, keys: Sequence[str]) -> Callable[[ControlRepo, Path], ControlChange]:
     def edit(control: ControlRepo, root: Path) -> ControlChange:
-        raw, header = read_registration(root, control, app)
+        raw, original = read_registration(root, control, app)
         env = dict(raw.get("env") or {})
         sealed = dict(raw.get("secrets") or {})
         for key in keys:
@@ -111,7 +111,7 @@ def config_unset(app: str, keys: Sequence[str]) -> Callable[[ControlRepo, Path],
             sealed.pop(key, None)
         raw = {k: v for k, v in raw.items() if k not in ("env", "secrets")} | (
             {"env": env} if env else {}) | ({"secrets": sealed} if sealed else {})
-        return ControlChange({app_file(app): dump(raw, header)}, f"Unset config of {app}: {', '.join(keys)}",
+        return ControlChange({app_file(app): dump(raw, original)}, f"Unset config of {app}: {', '.join(keys)}",
                              f"{app}-config")
     if not keys:
         raise UserError("give at least one KEY to unset")
@@ -149,7 +149,7 @@ def parse_scale(items: Sequence[str]) -> dict[str, int]:
 
 def scale(app: str, counts: Mapping[str, int]) -> Callable[[ControlRepo, Path], ControlChange]:
     def edit(control: ControlRepo, root: Path) -> ControlChange:
-        raw, header = read_registration(root, control, app)
+        raw, original = read_registration(root, control, app)
         processes = dict(raw.get("processes") or {})
         for kind, count in counts.items():
             if kind == "web":
@@ -159,5 +159,5 @@ def scale(app: str, counts: Mapping[str, int]) -> Callable[[ControlRepo, Path], 
         if processes:
             raw["processes"] = dict(sorted(processes.items()))
         shown = ", ".join(f"{k}={v}" for k, v in counts.items())
-        return ControlChange({app_file(app): dump(raw, header)}, f"Scale {app}: {shown}", f"{app}-scale")
+        return ControlChange({app_file(app): dump(raw, original)}, f"Scale {app}: {shown}", f"{app}-scale")
     return edit

@@ -88,7 +88,7 @@ def restore_config(app: str, version: int, config: ReleaseConfig, changes: list[
     """One control-repo change: `env`, `secrets`, `replicas`, `processes` of ``apps/<app>.yaml`` as vN had
     them (and, with ``pause``, `auto_deploy: false`). The message names keys only."""
     def edit(control: ControlRepo, root: Path) -> ControlChange:
-        raw, header = read_registration(root, control, app)
+        raw, original = read_registration(root, control, app)
         for key, value in (("env", dict(config.env)), ("secrets", dict(config.secrets))):
             if value:
                 raw[key] = value
@@ -109,7 +109,7 @@ def restore_config(app: str, version: int, config: ReleaseConfig, changes: list[
         body = (f"By `cupaas rollback {app} v{version}`: the env, secrets (ciphertexts) and replicas rendered "
                 f"at GitOps {gitops_commit[:12]}." + (" Automatic deploys are paused until `cupaas "
                                                       "deploys:resume`." if pause else "") + "\n")
-        return ControlChange({app_file(app): dump(raw, header)}, f"{title}\n\n{body}", f"{app}-rollback")
+        return ControlChange({app_file(app): dump(raw, original)}, f"{title}\n\n{body}", f"{app}-rollback")
     return edit
 
 
