@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,70 @@ def test_worker_killed_mid_build_job_runs_again_elsewhere_with_one_gitops_commit
     assert deploy_commit_count(gitops, "killed", sha) == 1
     assert survivor.log().count(f"job {job_id} succeeded") == 1
     assert f"job {job_id} succeeded" not in victim.log()
+
+
+def test_worker_killed_after_its_gitops_push_landed_job_ends_with_that_one_commit(kafka: str,
+                                                                                   tmp_path: Path) -> None:
+    """The worst moment to die: the GitOps branch has the commit, the job record does not know it yet."""
+    control, gitops, repos = make_world(tmp_path, ["landed"])
+    repo = repos["landed"]
+    landed = tmp_path / "landed.marker"
+    # The push waits for its post-receive hook: the first one holds the victim right after its ref moved.
+    hook = gitops / "hooks" / "post-receive"
+    hook.write_text(f"#!/bin/sh\nif [ ! -e '{landed}' ]; then touch '{landed}'; sleep 120; fi\n")
+    hook.chmod(0o755)
+    with served(control, tmp_path / "serve", secret=None, extra_env=serve_env(kafka)) as service, \
+            workers(control, tmp_path, kafka, 2, stub_build=0.2) as started:
+        before = repo.head()
+        sha = repo.commit("change", {"VERSION": "2\n"})
+        status, body = push(service, repo, sha, before)
+        assert status == 202
+        [job_id] = body["jobs"]
+        until(lambda: landed.exists(), what="the GitOps push", timeout=60)
+        [victim] = [w for w in started if job_id in w.started_jobs()]
+        assert service.job(job_id)["state"] == "running"
+        victim.kill()
+        job = wait_ended(service, [job_id], timeout=90)[job_id]
+    head = git("rev-parse", "main", cwd=gitops)
+    assert (job["state"], job["attempts"], job["gitops_commit"]) == ("succeeded", 2, head), job
+    assert deploy_commit_count(gitops, "landed", sha) == 1
+    assert "already deploys landed" in job["log"], job["log"][-2000:]
+
+
+def test_two_serves_queueing_one_new_delivery_at_once_run_it_once(kafka: str) -> None:
+    """Neither instance has seen the other's record yet: both queue it; the worker runs one, ends the other."""
+    settings = parse_kafka_url(kafka)
+    group = f"raced-{uuid.uuid4().hex}"
+
+    def accept(queue: KafkaJobQueue, start: threading.Barrier, delivery: str, app: str) -> tuple[list[str], bool]:
+        start.wait()
+        return queue.enqueue_delivery(delivery, [("deploy", app, "c1")])
+
+    with KafkaJobQueue(settings, role="serve") as a, KafkaJobQueue(settings, role="serve") as b:
+        for _attempt in range(10):  # the two accepts start together; rarely, one still reads the other's record
+            app, delivery = f"raced-{uuid.uuid4().hex[:6]}", f"delivery-{uuid.uuid4().hex}"
+            together = partial(accept, start=threading.Barrier(2), delivery=delivery, app=app)
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(together, (a, b)))
+            if all(new for _queued, new in answers):
+                break
+        else:
+            raise AssertionError("in 10 tries the two accepts never overlapped: one always saw the other's record")
+        ids = [i for queued, _new in answers for i in queued]
+        assert len(set(ids)) == 2
+        with KafkaJobQueue(settings, role="worker", group=group) as worker:
+            job = until(lambda: (j := worker.claim("t1")) and j.app == app and j, what="claim")
+            worker.finish(job.id, state="succeeded")
+            [other] = [i for i in ids if i != job.id]
+            ended = until(lambda: (j := a.get(other)) and j.state == "superseded" and j, what="the duplicate's end")
+            assert ended.superseded_by == job.id
+            assert "the same delivery was queued twice" in ended.log
+            time.sleep(1)  # the group reads every earlier test's requests too: none left may be this app's
+            left: list[str | None] = []
+            while (later := worker.claim(f"t{len(left) + 2}")) is not None:
+                left.append(later.app)
+            assert app not in left
+        assert a.enqueue_delivery(delivery, [("deploy", app, "c1")])[1] is False  # a redelivery now: no job
 
 
 def test_broker_stopped_during_burst_every_202_is_deployed_others_got_503(kafka: str, tmp_path: Path) -> None:
