@@ -72,7 +72,9 @@ def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
 class _Steps:
     """Tracks the running step so an error can name it, and times each step for metrics.
 
-    The builder does build and push in one call; its log line `-----> Pushing` marks the switch.
+    The builder does build and push in one call; its log line `-----> Pushing` marks the switch. A step
+    may be entered more than once (the commit step clones the GitOps repo, then renders, then commits):
+    its times add up, and each step is reported once per deploy, at its end or at the error that ends it.
     """
 
     def __init__(self, log: Log, on_step: Callable[[str, float], None] | None) -> None:
@@ -80,11 +82,12 @@ class _Steps:
         self._log = log
         self._on_step = on_step
         self._since = time.monotonic()
+        self._totals: dict[str, float] = {}
+        self._reported = False
 
     def _switch(self, name: str) -> None:
         now = time.monotonic()
-        if self._on_step is not None:
-            self._on_step(self.current, now - self._since)
+        self._totals[self.current] = self._totals.get(self.current, 0.0) + now - self._since
         self.current, self._since = name, now
 
     def log(self, line: str) -> None:
@@ -100,16 +103,29 @@ class _Steps:
         try:
             yield
         except (DeployError, OlderCommit):
+            self._report()
             raise
         except CupaasError as e:
-            raise DeployError(self.current, e) from e
+            failed = self.current
+            self._report()
+            raise DeployError(failed, e) from e
 
     def step_to(self, name: str) -> None:
         if name != self.current:
             self._switch(name)
 
     def done(self) -> None:
-        self._switch("done")
+        self._report()
+
+    def _report(self) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        current = self.current
+        self._switch(current)
+        if self._on_step is not None:
+            for step, seconds in self._totals.items():
+                self._on_step(step, seconds)
 
 
 @dataclass

@@ -50,9 +50,10 @@ class Worker:
     """``cupaas worker CONTROL --queue URL`` in a process group of its own, with a stub or Docker builder."""
 
     def __init__(self, control: Path, state_dir: Path, queue: str, *, stub_build: float | None = 0.2,
-                 threads: int = 1, name: str = "worker") -> None:
+                 threads: int = 1, name: str = "worker", metrics_port: int | None = None) -> None:
         self.control, self.state_dir, self.queue = control, state_dir, queue
         self.stub_build, self.threads, self.name = stub_build, threads, name
+        self.metrics_port = metrics_port
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -61,6 +62,8 @@ class Worker:
                    str(self.state_dir), "--threads", str(self.threads)]
         if self.stub_build is not None:
             command += ["--stub-build", str(self.stub_build)]
+        if self.metrics_port is not None:
+            command += ["--metrics-port", str(self.metrics_port)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, **GIT_ENV}, cwd=ROOT, start_new_session=True)

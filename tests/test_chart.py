@@ -414,12 +414,17 @@ def test_chart_kafka_runs_webhook_and_workers_as_separate_deployments() -> None:
     assert worker["args"][:2] == ["cupaas", "worker"] and worker["args"][-4:] == ["--threads", "2", *queue]
 
 
-def test_chart_kafka_webhook_runs_no_engine_and_workers_serve_no_port() -> None:
+def test_chart_kafka_webhook_runs_no_engine_and_workers_serve_only_metrics() -> None:
     found = kafka_deployments()
     assert [c["name"] for c in pod_of(found["webhook"])["containers"]] == ["cupaas"]
     worker = pod_of(found["worker"])["containers"]
     assert [c["name"] for c in worker] == ["cupaas", "dind"]
-    assert "ports" not in worker[0] and "livenessProbe" not in worker[0]
+    assert worker[0]["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    args = worker[0]["args"]
+    assert args[args.index("--metrics-port") + 1] == "9090" and args[args.index("--metrics-host") + 1] == "0.0.0.0"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert worker[0][probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert "readinessProbe" not in worker[0]  # nothing routes to a worker
 
 
 def test_chart_kafka_service_selects_only_webhook_pods() -> None:

@@ -3,6 +3,7 @@ error and exit 1, never a traceback. No broker is started here: the unreachable 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,15 @@ def test_bad_queue_is_a_clear_error_and_exit_1(control: Path, tmp_path: Path, co
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+
+
+def test_worker_metrics_port_in_use_is_a_clear_error_and_exit_1(control: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["worker", str(control), "--queue", "sqlite", "--state-dir",
+                                          str(tmp_path / "s"), "--metrics-port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from deploy_support import AppRepo, git
 from kafka_support import broker, kafka_script, make_world, serve_env, workers
+from loopback import free_port
 from webhook_support import HTTP, ServedCupaas, deploy_commit_count, github_push, release, served
 
 from webhook.jobs import JobLost
@@ -255,6 +256,30 @@ def test_two_serves_queueing_one_new_delivery_at_once_run_it_once(kafka: str) ->
                 left.append(later.app)
             assert app not in left
         assert a.enqueue_delivery(delivery, [("deploy", app, "c1")])[1] is False  # a redelivery now: no job
+
+
+def test_worker_metrics_count_its_jobs_and_its_health_says_ok(kafka: str, tmp_path: Path) -> None:
+    control, _gitops, repos = make_world(tmp_path, ["measured"])
+    repo = repos["measured"]
+    port = free_port()
+    with served(control, tmp_path / "serve", secret=None, extra_env=serve_env(kafka)) as service, \
+            workers(control, tmp_path, kafka, 1, stub_build=0.2, metrics_port=port):
+        before = repo.head()
+        status, body = push(service, repo, repo.commit("change", {"VERSION": "2\n"}), before)
+        assert status == 202
+        assert wait_ended(service, body["jobs"])[body["jobs"][0]]["state"] == "succeeded"
+        with HTTP.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        with HTTP.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            health = json.loads(answer.read())
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            HTTP.open(f"http://127.0.0.1:{port}/jobs", timeout=10)
+        missing.value.close()
+    assert 'cupaas_jobs_finished_total{kind="deploy",state="succeeded"} 1.0' in metrics
+    assert 'cupaas_deploy_step_seconds_count{step="commit"} 1.0' in metrics  # one per deploy, however entered
+    assert 'cupaas_jobs{state="succeeded"}' in metrics
+    assert health == {"status": "ok", "threads": 1, "alive": 1, "queue_reader": True}
+    assert missing.value.code == 404
 
 
 def test_broker_stopped_during_burst_every_202_is_deployed_others_got_503(kafka: str, tmp_path: Path) -> None:

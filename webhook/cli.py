@@ -66,11 +66,15 @@ def serve(control: str, host: str, port: int, state_dir: Path | None, control_br
               help="Git caches, and the SQLite queue (default: $CUPAAS_STATE_DIR or ~/.cache/cupaas).")
 @click.option("--control-branch", default="main", show_default=True, help="Branch of a control repo URL.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64), help="Jobs run at once.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve GET /metrics (Prometheus) and GET /healthz on this port (0: any free port).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address of --metrics-port (0.0.0.0 in a pod, for the probes and the scraper).")
 @click.option("--stub-build", type=click.FloatRange(0, 3600), hidden=True,
               help="Build nothing: wait this many seconds and make up the image (tests and benchmarks).")
 @user_errors
 def worker(control: str, queue_url: str, state_dir: Path | None, control_branch: str, threads: int,
-           stub_build: float | None) -> None:
+           metrics_port: int | None, metrics_host: str, stub_build: float | None) -> None:
     """Run deploy jobs of CONTROL (a control repo directory or git URL) from the queue, until SIGTERM.
 
     Start more processes on a Kafka queue to add builders; they share the work in one consumer group.
@@ -88,7 +92,8 @@ def worker(control: str, queue_url: str, state_dir: Path | None, control_branch:
     check_queue(queue_url)
     run_worker(control, Path(state_dir or default_state_dir()), queue_url, threads=threads,
                control_branch=control_branch, builder=StubBuilder(stub_build) if stub_build is not None else None,
-               echo=lambda line: click.echo(line, err=True))
+               echo=lambda line: click.echo(line, err=True),
+               metrics_address=None if metrics_port is None else (metrics_host, metrics_port))
 
 
 @cli.command(name="webhook-secret")

@@ -188,6 +188,9 @@ class _StateView:
                     logger.warning("job state topic: an unreadable record at offset %s", message.offset())
             self._advance(message.partition() or 0, (message.offset() or 0) + 1)
 
+    def reading(self) -> bool:
+        return self._thread.is_alive()
+
     def _advance(self, partition: int, position: int) -> None:
         with self.changed:
             self.positions[partition] = max(self.positions.get(partition, 0), position)
@@ -457,6 +460,10 @@ class KafkaJobQueue:
 
     def recover(self) -> list[str]:
         return []  # a dead worker's jobs come back with its partitions (see the module docstring)
+
+    def reading(self) -> bool:
+        """Whether the threads that read the deploy requests and the job states still run."""
+        return (self._poller is None or self._poller.is_alive()) and self.view.reading()
 
     def wait_for_work(self, timeout: float) -> None:
         with self._lock:

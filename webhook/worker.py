@@ -122,6 +122,10 @@ class WorkerPool:
             thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
         return not any(thread.is_alive() for thread in self._threads)
 
+    def alive(self) -> int:
+        """How many of the pool's threads run (fewer than started: one died, which is a bug worth a restart)."""
+        return sum(thread.is_alive() for thread in self._threads)
+
     def stats(self) -> PoolStats:
         with self._lock:
             return PoolStats(self._running, dict(self._finished), dict(self._seconds), self._retried, self._abandoned)

@@ -77,15 +77,21 @@ spec:
           args: ["cupaas", "serve", "$(CUPAAS_CONTROL_REPO)", "--host", "0.0.0.0", "--port", "8080",
                  "--control-branch", {{ .Values.controlRepo.branch | quote }}, "--queue", {{ $queue | quote }}]
           {{- else }}
+          # /metrics and /healthz on 9090, for the scraper and the probes: no Service points at it.
           args: ["cupaas", "worker", "$(CUPAAS_CONTROL_REPO)", "--control-branch", {{ .Values.controlRepo.branch | quote }},
+                 "--metrics-host", "0.0.0.0", "--metrics-port", "9090",
                  "--threads", {{ .Values.workers | quote }}, "--queue", {{ $queue | quote }}]
           {{- end }}
-          {{- if ne $role "worker" }}
           ports:
+            {{- if ne $role "worker" }}
             - name: http
               containerPort: 8080
               protocol: TCP
-          {{- end }}
+            {{- else }}
+            - name: metrics
+              containerPort: 9090
+              protocol: TCP
+            {{- end }}
           env:
             - name: CUPAAS_CONTROL_REPO
               value: {{ required "controlRepo.url is required: the git URL of your control repo" .Values.controlRepo.url | quote }}
@@ -150,6 +156,18 @@ spec:
             periodSeconds: 10
           livenessProbe:
             httpGet: {path: /healthz, port: http}
+            periodSeconds: 20
+            timeoutSeconds: 5
+            failureThreshold: 6
+          {{- else }}
+          # 200 while every job thread and the queue's reader run: a wedged worker is restarted (its jobs
+          # move to the other workers with its partitions).
+          startupProbe:
+            httpGet: {path: /healthz, port: metrics}
+            periodSeconds: 5
+            failureThreshold: 60
+          livenessProbe:
+            httpGet: {path: /healthz, port: metrics}
             periodSeconds: 20
             timeoutSeconds: 5
             failureThreshold: 6
