@@ -86,6 +86,16 @@ class AppSource:
                 tar_path.unlink(missing_ok=True)
         return FetchedCommit(sha, _first_line(message), branch)
 
+    def head(self, branch: str) -> str | None:
+        """Fetch, then the commit at the head of ``branch`` as the remote has it now (None: no such branch)."""
+        check_branch(branch, "branch")
+        with locked(self._lock_path):
+            clone = CacheClone(self._clone_dir, self.shown_url, self._secrets, _ACCESS_HINT)
+            clone.ensure(self.url)
+            clone.fetch()
+            found = clone.heads().get(branch)
+        return found.sha if found else None
+
     def _resolve(self, clone: CacheClone, branch: str, commit: str | None) -> str:
         """The full id of the commit to export, checked to be on ``branch``."""
         heads = clone.heads()

@@ -113,10 +113,19 @@ def test_rollback_pause_keeps_c3_from_deploying_until_deploys_resume(world: Worl
     resumed = world.cli("deploys:resume", "tasks")
     assert resumed.exit_code == 0, resumed.output
     assert world.control_log()[0] == "Resume automatic deploys of tasks"
+    # c3 was pushed while paused: not replayed, and the user is told what waits and how to deploy it.
+    assert f"tasks's main is at {c3[:12]}, which is not deployed (the GitOps repo deploys {c1[:12]})" \
+        in resumed.output
+    assert "pushes made while paused are not replayed" in resumed.output and "cupaas deploy" in resumed.output
+    assert world.gitops_head() == paused_at
     assert "auto_deploy" not in yaml.safe_load((world.control / "apps/tasks.yaml").read_text())
     [outcome], _ = world.push_app(c3)
     assert outcome.state == "succeeded", outcome.error
     assert world.pinned_digest() == digest_of(c3)
+    # Nothing waits now: pausing and resuming again says nothing more than the commit.
+    assert world.cli("deploys:pause", "tasks").exit_code == 0
+    again = world.cli("deploys:resume", "tasks")
+    assert again.exit_code == 0 and "not deployed" not in again.output, again.output
 
 
 def test_rollback_to_a_named_release_and_bad_versions(world: World) -> None:

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import UserError
-from .apps import create_app, destroy_app, list_apps, set_auto_deploy
+from ..errors import CupaasError, UserError
+from .apps import create_app, destroy_app, list_apps, set_auto_deploy, undeployed_head
 from .config import config_of, config_set, config_unset, parse_pairs, parse_scale, scale
 from .control_change import ChangeResult, Control, load_control
 from .history import release_history
@@ -231,4 +231,19 @@ def register(cli: click.Group, user_errors: Callable[[Callable[..., Any]], Calla
     @user_errors
     def deploys_resume(control: str, state_dir: Path | None, control_branch: str, app: str) -> None:
         """Deploy APP's pushes automatically again (one control-repo commit); the next push deploys."""
-        _report(_control(control, state_dir, control_branch).change(set_auto_deploy(app, True)))
+        where = _control(control, state_dir, control_branch)
+        _report(where.change(set_auto_deploy(app, True)))
+        with where.checkout() as root:
+            control_repo = load_control(root, where.location)
+        try:
+            waiting = undeployed_head(control_repo, app, where.state_dir)
+        except CupaasError as e:  # the resume is done; only the hint is missing
+            click.echo(f"       (could not tell whether {app}'s branch has undeployed commits: {e})")
+            return
+        if waiting is not None:
+            head, deployed = waiting
+            branch = control_repo.app(app).branch
+            checkout = control if Path(control).is_dir() else "CONTROL_CHECKOUT"  # `deploy` reads a checkout
+            click.echo(f"-----> {app}'s {branch} is at {head[:12]}, which is not deployed (the GitOps repo deploys "
+                       f"{deployed[:12] if deployed else 'nothing yet'}): pushes made while paused are not "
+                       f"replayed. The next push deploys it, or now: cupaas deploy {checkout} {app}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import names
+from ..app_source import AppSource
 from ..errors import UserError
 from ..git_cache import redact
 from ..layout import AppLayout
@@ -67,6 +68,19 @@ def list_apps(control: ControlRepo, state_dir: Path) -> list[AppRow]:
                                deployed_commit=str(commit) if commit else None,
                                url=f"https://{layout.host(platform.domain)}", auto_deploy=app.auto_deploy))
     return rows
+
+
+def undeployed_head(control: ControlRepo, app: str, state_dir: Path) -> tuple[str, str | None] | None:
+    """(the head of the app's branch, the commit the GitOps repo deploys) when they differ, else None.
+
+    After `deploys:resume`: pushes made while paused were not deployed, and resuming does not deploy them
+    (as on Heroku); the user is told what is waiting and how to deploy it."""
+    registration = control.app(app)
+    head = AppSource(registration.repo, state_dir / "apps").head(registration.branch)
+    [row] = [r for r in list_apps(control, state_dir) if r.name == app]
+    if head is None or head == row.deployed_commit:
+        return None
+    return head, row.deployed_commit
 
 
 def set_auto_deploy(app: str, on: bool, reason: str = "") -> Callable[[ControlRepo, Path], ControlChange]:
