@@ -196,6 +196,42 @@ class CacheClone:
             raise self._failure(f"git {args[0]}", err, network=network)
         return out.decode("utf-8", errors="replace")
 
+    def files_at(self, wanted: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """The bytes of each (commit, path) in one git process; None where the path is missing or no file.
+
+        A symbolic link gives its target's name, never the file it points at.
+        """
+        if not wanted:
+            return []
+        if any("\n" in f"{commit}{path}" for commit, path in wanted):
+            raise ValueError("a commit or path with a line break")
+        with tempfile.TemporaryFile() as names:
+            names.write("".join(f"{commit}:{path}\n" for commit, path in wanted).encode())
+            names.seek(0)
+            try:
+                status, out, err = git.Git(self.worktree).execute(
+                    [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", "cat-file", "--batch"], istream=names,
+                    with_extended_output=True, with_exceptions=False, stdout_as_string=False,
+                    strip_newline_in_stdout=False, env=self._env(self.worktree))
+            except GitCommandNotFound:
+                raise UserError("the git command was not found: install git on this machine") from None
+        if status != 0:
+            raise self._failure("git cat-file", err, network=False)
+        found: list[bytes | None] = []
+        at = 0
+        for _ in wanted:
+            end = out.index(b"\n", at)
+            header = out[at:end].split()
+            at = end + 1
+            if (len(header) == 3 and len(header[0]) in (40, 64) and header[2].isdigit()
+                    and header[1] in (b"blob", b"tree", b"commit", b"tag")):
+                size = int(header[2])
+                found.append(out[at:at + size] if header[1] == b"blob" else None)
+                at += size + 1  # the contents, then a line break
+            else:  # "<name> missing" (or ambiguous): nothing follows
+                found.append(None)
+        return found
+
     def blob(self, sha: str) -> bytes:
         """The bytes of one blob."""
         status, out, err = self._run(["cat-file", "blob", sha])

@@ -81,30 +81,36 @@ def record_at(clone: CacheClone, commit: str, path: str) -> dict[str, Any] | Non
     return raw if isinstance(raw, dict) else None
 
 
-def _replicas(clone: CacheClone, commit: str, layout: AppLayout) -> Any:
-    record = record_at(clone, commit, layout.overlay_kustomization)
-    return record.get("replicas") if record else None
-
-
 def release_history(control: ControlRepo, app: str, state_dir: Path) -> list[ReleaseEntry]:
     with gitops_clone(control.platform, state_dir) as (clone, head):
         return history_of(clone, head, AppLayout(app, control.platform.environment))
 
 
 def history_of(clone: CacheClone, head: str | None, layout: AppLayout) -> list[ReleaseEntry]:
+    """The app's releases on the branch ending at ``head``: one `git log` and two batched reads, however long
+    the history (`benchmarks/releases.py`)."""
     if head is None:
         return []
-    out = clone.output("log", "--first-parent", "--reverse", "--format=%H%x1f%P%x1f%ct%x1f%s", head, "--",
-                       f"{layout.root}/")
+    out = clone.output("log", "--first-parent", "--reverse", "--name-only", "--format=%x1e%H%x1f%P%x1f%ct%x1f%s",
+                       head, "--", f"{layout.root}/")
+    commits: list[tuple[str, list[str], str, str, list[str]]] = []  # sha, parents, time, subject, paths
+    for chunk in out.split("\x1e")[1:]:
+        first, _, paths = chunk.partition("\n")
+        fields = [*first.split("\x1f"), "", "", ""][:4]
+        commits.append((fields[0], fields[1].split(), fields[2], fields[3], [n for n in paths.splitlines() if n]))
+    records = [_parsed(blob) for blob in clone.files_at([(sha, layout.release) for sha, *_ in commits])]
+    # Which commits changed only the overlay (config or scale): their replicas, and their parents', are read.
+    plain = _plain_changes(records)
+    wanted = sorted({(c, layout.overlay_kustomization) for i in plain for c in (commits[i][0], *commits[i][1][:1])})
+    replicas = {commit: (record or {}).get("replicas") for (commit, _), record
+                in zip(wanted, (_parsed(b) for b in clone.files_at(wanted)), strict=True)}
     entries: list[ReleaseEntry] = []
     previous: dict[str, Any] | None = None
-    for line in out.splitlines():
-        sha, parents, stamp, subject = [*line.split("\x1f"), "", "", ""][:4]
-        record = record_at(clone, sha, layout.release)
+    for index, ((sha, parents, stamp, subject, names), record) in enumerate(zip(commits, records, strict=True)):
         if record is None:  # removed (apps:destroy) or not a release: the next one starts again
             previous = None
             continue
-        parent = parents.split()[0] if parents else None
+        parent = parents[0] if parents else None
         rollback = record.get("rollback") if isinstance(record.get("rollback"), dict) else None
         rollback_to = None
         if previous is None:
@@ -115,15 +121,16 @@ def history_of(clone: CacheClone, head: str | None, layout: AppLayout) -> list[R
         elif record.get("image") != previous.get("image"):
             kind, text = "deploy", f"Deploy {str(record.get('commit') or '')[:12]}"
         else:
-            changed = clone.output("diff", "--name-only", parent or head, sha, "--", f"{layout.overlay}/").split()
-            scaled = parent is not None and _replicas(clone, parent, layout) != _replicas(clone, sha, layout)
+            assert index in plain
+            changed = [n for n in names if n.startswith(f"{layout.overlay}/")]
+            scaled = parent is not None and replicas.get(parent) != replicas.get(sha)
             configured = any(p != layout.overlay_kustomization for p in changed)
             kinds = [k for k, on in (("config", configured), ("scale", scaled)) if on]
             kind = "+".join(kinds) or "render"
             text = {"config": "Config change", "scale": "Scale", "config+scale": "Config change and scale",
                     "render": "Re-render"}[kind]
         number = None
-        if len(parents.split()) > 1:
+        if len(parents) > 1:
             found = _PR_NUMBER.search(subject)
             number = int(next(g for g in found.groups() if g)) if found else None
         entries.append(ReleaseEntry(
@@ -132,3 +139,24 @@ def history_of(clone: CacheClone, head: str | None, layout: AppLayout) -> list[R
             gitops_commit=sha, pull_request=number, description=text, rollback_to=rollback_to))
         previous = record
     return entries
+
+
+def _plain_changes(records: list[dict[str, Any] | None]) -> set[int]:
+    """Indexes of the releases that are neither a first deploy, a new image nor a rollback."""
+    plain: set[int] = set()
+    previous: dict[str, Any] | None = None
+    for index, record in enumerate(records):
+        if record is not None and previous is not None and record.get("image") == previous.get("image"):
+            rollback = record.get("rollback") if isinstance(record.get("rollback"), dict) else None
+            if not (rollback and rollback != previous.get("rollback")):
+                plain.add(index)
+        previous = record
+    return plain
+
+
+def _parsed(blob: bytes | None) -> dict[str, Any] | None:
+    try:
+        raw = yaml.safe_load(blob.decode("utf-8", errors="replace")) if blob else None
+    except yaml.YAMLError:
+        return None
+    return raw if isinstance(raw, dict) else None
