@@ -15,8 +15,9 @@ import contextlib
 import pathlib
 import re
 import tempfile
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import docker
@@ -32,6 +33,7 @@ from .models import ImageRef
 
 INDENT = "       "
 TAIL_LINES = 20  # build output lines quoted in a UserError
+PUSH_RETRIES = (1.0, 3.0)  # seconds before asking a failing registry again
 
 # Engine messages that mean "something outside the app failed" (retry), as opposed to "the build failed".
 _INFRASTRUCTURE = re.compile(
@@ -295,13 +297,40 @@ def close_builder(builder: Builder) -> None:
         close()
 
 
-def push_image(api: docker.APIClient, repository: str, tag: str, log: Log) -> str:
-    """Push ``repository:tag`` with the engine and return the digest the registry gave it."""
+def push_image(api: docker.APIClient, repository: str, tag: str, log: Log,
+               retry_after: Sequence[float] = PUSH_RETRIES) -> str:
+    """Push ``repository:tag`` with the engine and return the digest the registry gave it.
+
+    A registry that fails the push at once with an error of its own (a 5xx on a layer check or on the
+    manifest: Docker's registry has one under concurrent pushes of the same layers) is asked again after
+    each of ``retry_after`` seconds. Not when the engine already retried the upload itself (for about 50 s),
+    nor for a refusal (credentials) or a lost engine."""
+    for wait in (*retry_after, None):
+        try:
+            return _push_once(api, repository, tag, log)
+        except _RegistryFailed as e:
+            if wait is None or e.engine_retried:
+                raise
+            log(f" !     the registry failed the push; pushing again in {wait:g}s")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+class _RegistryFailed(TransientError):
+    """The push reached the registry, which answered with an error (worth asking again, unless the engine did)."""
+
+    def __init__(self, message: str, engine_retried: bool) -> None:
+        super().__init__(message)
+        self.engine_retried = engine_retried
+
+
+def _push_once(api: docker.APIClient, repository: str, tag: str, log: Log) -> str:
     ref = f"{repository}:{tag}"
     registry = _registry_of(repository)
     log(f"-----> Pushing {ref}")
     digest: str | None = None
     error: str | None = None
+    engine_retried = False
     try:
         # The SDK does not raise on a failed push: the failure is an `error` entry in the stream.
         # The stream is read to its end even then, so that its connection is released.
@@ -310,6 +339,7 @@ def push_image(api: docker.APIClient, repository: str, tag: str, log: Log) -> st
                 error = error or str(chunk["error"]).strip()
             if error is not None:
                 continue
+            engine_retried = engine_retried or str(chunk.get("status", "")).startswith("Retrying in")
             aux = chunk.get("aux")
             if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
                 digest = aux["Digest"]
@@ -329,7 +359,7 @@ def push_image(api: docker.APIClient, repository: str, tag: str, log: Log) -> st
         message = f"pushing {ref} to registry {registry} failed: {error}"
         if _REFUSED.search(error) and not _INFRASTRUCTURE.search(error):
             raise UserError(f"{message}\nCheck the registry credentials of the Docker engine.")
-        raise TransientError(message)
+        raise _RegistryFailed(message, engine_retried)
     if digest is None or not _DIGEST.fullmatch(digest):
         raise TransientError(f"pushing {ref}: registry {registry} reported an invalid digest {digest!r}")
     return digest

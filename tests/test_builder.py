@@ -9,8 +9,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gc
+import hashlib
 import json
 import pathlib
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -283,3 +285,109 @@ class PlainBuilder:
 def test_docker_builder_boot_checks_and_a_builder_without_it_is_told_apart() -> None:
     assert isinstance(DockerBuilder(), BootCheckingBuilder)
     assert not isinstance(PlainBuilder(), BootCheckingBuilder)
+
+
+# --- a registry that fails a push at once ------------------------------------------------------------------
+
+
+class ManifestFailingRegistry:
+    """A stand-in registry on loopback that has every layer and fails the first ``failures`` manifest uploads
+    with a 500, as Docker's registry does under concurrent pushes of the same layers (seen in CI: "invalid
+    checksum digest format"). The real registry shows that failure only under a race, not on demand."""
+
+    def __init__(self, failures: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.failures = failures
+        self.manifest_puts = 0
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self._reply(200, b"{}") if self.path.rstrip("/") == "/v2" else self._reply(404, b"{}")
+
+            def do_HEAD(self) -> None:  # every layer "already exists"
+                digest = self.path.split("?")[0].rsplit("/", 1)[-1]
+                self._reply(200, b"", {"Docker-Content-Digest": digest, "Content-Length": "1"})
+
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if "/manifests/" not in self.path:
+                    return self._reply(404, b"{}")
+                registry.manifest_puts += 1
+                if registry.manifest_puts <= registry.failures:
+                    return self._reply(500, b'{"errors": [{"code": "UNKNOWN", "message": "unknown error"}]}')
+                self._reply(201, b"", {"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()})
+
+            def _reply(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+                for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tagged(base_image: str) -> Iterator[Callable[[str], str]]:
+    """Tag the base image into a repository of another registry (the engine pushes it from there)."""
+    client = docker.from_env()
+    made: list[str] = []
+
+    def tag(host: str) -> str:
+        repository = f"{host}/cupaas-test/flaky"
+        client.api.tag(base_image, repository, "t1")
+        made.append(f"{repository}:t1")
+        return repository
+
+    yield tag
+    for ref in made:
+        with contextlib.suppress(docker.errors.APIError):
+            client.api.remove_image(ref, noprune=True)
+    client.close()
+
+
+@pytest.mark.docker
+def test_a_push_the_registry_fails_at_once_is_made_again(tagged: Callable[[str], str]) -> None:
+    from generator.builder import push_image
+
+    registry = ManifestFailingRegistry(failures=1)
+    log: list[str] = []
+    try:
+        client = docker.from_env()
+        digest = push_image(client.api, tagged(registry.host), "t1", log.append, retry_after=(0.1, 0.1))
+        client.close()
+    finally:
+        registry.close()
+    assert digest.startswith("sha256:") and registry.manifest_puts == 2
+    assert " !     the registry failed the push; pushing again in 0.1s" in log
+
+
+@pytest.mark.docker
+def test_a_registry_that_keeps_failing_is_a_transient_error_after_three_pushes(tagged: Callable[[str], str]) -> None:
+    from generator.builder import push_image
+
+    registry = ManifestFailingRegistry(failures=10)
+    try:
+        client = docker.from_env()
+        with pytest.raises(TransientError) as raised:
+            push_image(client.api, tagged(registry.host), "t1", lambda line: None, retry_after=(0.1, 0.1))
+        client.close()
+    finally:
+        registry.close()
+    assert registry.manifest_puts == 3
+    assert f"to registry {registry.host} failed" in str(raised.value) and "500" in str(raised.value)
