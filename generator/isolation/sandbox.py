@@ -283,6 +283,9 @@ class SpareHolders:
             api = self._connect()
         except Exception:  # the engine is gone: the next build says so, with the reason
             logger.warning("could not reach the Docker engine to prepare the next build's holder", exc_info=True)
+            if used is not None:  # its sockets go now; its container once this process ends (orphan clean-up)
+                used.relay.close()
+                shutil.rmtree(used.directory, ignore_errors=True)
             self._done()
             return
         try:
