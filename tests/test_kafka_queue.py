@@ -57,6 +57,16 @@ def push_with_headers(service: ServedCupaas, repo: AppRepo, sha: str, before: st
             return error.code, json.loads(error.read() or b"null"), dict(error.headers)
 
 
+def push_one_change(service: ServedCupaas, repo: AppRepo) -> tuple[str, str]:
+    """Commit a change to ``repo`` and push it to ``service``: (the commit, its one job)."""
+    before = repo.head()
+    sha = repo.commit("change", {"VERSION": "2\n"})
+    status, body = push(service, repo, sha, before)
+    assert status == 202, body
+    [job_id] = body["jobs"]
+    return sha, job_id
+
+
 def wait_ended(service: ServedCupaas, ids: list[str], timeout: float = 150) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
@@ -169,11 +179,7 @@ def test_worker_killed_mid_build_job_runs_again_elsewhere_with_one_gitops_commit
     repo = repos["killed"]
     with served(control, tmp_path / "serve", secret=None, extra_env=serve_env(kafka)) as service, \
             workers(control, tmp_path, kafka, 2, stub_build=5) as started:
-        before = repo.head()
-        sha = repo.commit("change", {"VERSION": "2\n"})
-        status, body = push(service, repo, sha, before)
-        assert status == 202
-        [job_id] = body["jobs"]
+        sha, job_id = push_one_change(service, repo)
         deadline = time.monotonic() + 60
         while not (running := [w for w in started if job_id in w.started_jobs()]):
             assert time.monotonic() < deadline, "no worker started the job"
@@ -206,11 +212,7 @@ def test_worker_killed_after_its_gitops_push_landed_job_ends_with_that_one_commi
     hook.chmod(0o755)
     with served(control, tmp_path / "serve", secret=None, extra_env=serve_env(kafka)) as service, \
             workers(control, tmp_path, kafka, 2, stub_build=0.2) as started:
-        before = repo.head()
-        sha = repo.commit("change", {"VERSION": "2\n"})
-        status, body = push(service, repo, sha, before)
-        assert status == 202
-        [job_id] = body["jobs"]
+        sha, job_id = push_one_change(service, repo)
         until(lambda: landed.exists(), what="the GitOps push", timeout=60)
         [victim] = [w for w in started if job_id in w.started_jobs()]
         assert service.job(job_id)["state"] == "running"
@@ -264,10 +266,8 @@ def test_worker_metrics_count_its_jobs_and_its_health_says_ok(kafka: str, tmp_pa
     port = free_port()
     with served(control, tmp_path / "serve", secret=None, extra_env=serve_env(kafka)) as service, \
             workers(control, tmp_path, kafka, 1, stub_build=0.2, metrics_port=port):
-        before = repo.head()
-        status, body = push(service, repo, repo.commit("change", {"VERSION": "2\n"}), before)
-        assert status == 202
-        assert wait_ended(service, body["jobs"])[body["jobs"][0]]["state"] == "succeeded"
+        _sha, job_id = push_one_change(service, repo)
+        assert wait_ended(service, [job_id])[job_id]["state"] == "succeeded"
         with HTTP.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             metrics = answer.read().decode()
         with HTTP.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:

@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,25 @@ def ours(engine: docker.DockerClient, label: str) -> list[Any]:
     return found
 
 
+@contextmanager
+def warm_builder(engine: docker.DockerClient) -> Iterator[DockerBuilder]:
+    """A `DockerBuilder(keep_warm=True)`, closed after the block, which leaves none of its holders."""
+    builder = DockerBuilder(keep_warm=True)
+    try:
+        yield builder
+    finally:
+        builder.close()
+    assert ours(engine, LABEL) == []
+
+
+def the_spare(builder: DockerBuilder, engine: docker.DockerClient) -> Any:
+    """The one holder of this process once the background work is done: the spare, running."""
+    builder.settle()
+    [spare] = ours(engine, LABEL)
+    assert spare.status == "running"
+    return spare
+
+
 def network_of(base_image: str, pypi_mirror: str) -> BuildNetwork:
     return build_network(Mirrors(pypi=pypi_mirror), base_image)
 
@@ -76,42 +96,30 @@ def build(builder: DockerBuilder, tmp_path: Path, registry: str, base_image: str
 def test_each_build_takes_the_spare_started_after_the_previous_one(
     tmp_path: Path, registry: str, base_image: str, pypi_mirror: str, engine: docker.DockerClient
 ) -> None:
-    builder = DockerBuilder(keep_warm=True)
-    network = network_of(base_image, pypi_mirror)
-    try:
+    with warm_builder(engine) as builder:
+        network = network_of(base_image, pypi_mirror)
         first = build(builder, tmp_path, registry, base_image, network)
-        builder.settle()  # in the background: the first build's holder goes, one spare comes, running
-        [spare] = ours(engine, LABEL)
-        assert spare.status == "running" and not spare.id.startswith(first)
+        spare = the_spare(builder, engine)  # the first build's holder went, one spare came
+        assert not spare.id.startswith(first)
 
         second = build(builder, tmp_path, registry, base_image, network)
 
         assert spare.id.startswith(second)  # the build ran in the spare, which had served no build before
-        builder.settle()
-        [after] = ours(engine, LABEL)
-        assert after.status == "running" and not after.id.startswith(second)
-    finally:
-        builder.close()
-    assert ours(engine, LABEL) == []
+        assert not the_spare(builder, engine).id.startswith(second)
 
 
 def test_a_spare_that_vanished_is_replaced_by_a_holder_of_the_builds_own(
     tmp_path: Path, registry: str, base_image: str, pypi_mirror: str, engine: docker.DockerClient
 ) -> None:
-    builder = DockerBuilder(keep_warm=True)
-    network = network_of(base_image, pypi_mirror)
-    try:
+    with warm_builder(engine) as builder:
+        network = network_of(base_image, pypi_mirror)
         build(builder, tmp_path, registry, base_image, network)
-        builder.settle()
-        [spare] = ours(engine, LABEL)
+        spare = the_spare(builder, engine)
         spare.remove(force=True)  # an operator's clean-up, or an engine restart
 
         holder = build(builder, tmp_path, registry, base_image, network)
 
         assert not spare.id.startswith(holder)
-    finally:
-        builder.close()
-    assert ours(engine, LABEL) == []
 
 
 def test_close_leaves_no_holder_and_no_boot_check_container(
