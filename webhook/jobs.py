@@ -162,6 +162,10 @@ class JobQueue(Protocol):
         """Return every thread blocked in `wait_for_work` now (used to stop workers)."""
         ...
 
+    def reading(self) -> bool:
+        """Whether the queue's own background readers still run (a worker's health check)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -414,6 +418,9 @@ class SqliteJobQueue:
         with self._changes:
             self._version += 1
             self._changes.notify_all()
+
+    def reading(self) -> bool:
+        return True  # no background reader: every call reads the file
 
     def close(self) -> None:
         """Close every idle connection and give up ownership; jobs still running here become recoverable."""

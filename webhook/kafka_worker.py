@@ -63,7 +63,7 @@ def run_worker(control: str, state_dir: Path, queue_url: str | None, *, threads:
         server = None
         if metrics_address is not None:  # before any job runs: a port in use stops the start
             def health() -> tuple[bool, dict[str, object]]:
-                alive, reading = pool.alive(), getattr(queue, "reading", lambda: True)()
+                alive, reading = pool.alive(), queue.reading()
                 return alive == threads and reading, {"threads": threads, "alive": alive, "queue_reader": reading}
 
             server = _serve_metrics(metrics_address, metrics, health)

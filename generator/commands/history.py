@@ -99,34 +99,29 @@ def history_of(clone: CacheClone, head: str | None, layout: AppLayout) -> list[R
         fields = [*first.split("\x1f"), "", "", ""][:4]
         commits.append((fields[0], fields[1].split(), fields[2], fields[3], [n for n in paths.splitlines() if n]))
     records = [_parsed(blob) for blob in clone.files_at([(sha, layout.release) for sha, *_ in commits])]
-    # Which commits changed only the overlay (config or scale): their replicas, and their parents', are read.
-    plain = _plain_changes(records)
-    wanted = sorted({(c, layout.overlay_kustomization) for i in plain for c in (commits[i][0], *commits[i][1][:1])})
+    kinds = _release_kinds(records)
+    # The releases that changed only the overlay (config or scale): their replicas, and their parents', are read.
+    wanted = sorted({(c, layout.overlay_kustomization) for i, kind in enumerate(kinds) if kind == "change"
+                     for c in (commits[i][0], *commits[i][1][:1])})
     replicas = {commit: (record or {}).get("replicas") for (commit, _), record
                 in zip(wanted, (_parsed(b) for b in clone.files_at(wanted)), strict=True)}
     entries: list[ReleaseEntry] = []
-    previous: dict[str, Any] | None = None
-    for index, ((sha, parents, stamp, subject, names), record) in enumerate(zip(commits, records, strict=True)):
+    for (sha, parents, stamp, subject, names), record, first_kind in zip(commits, records, kinds, strict=True):
         if record is None:  # removed (apps:destroy) or not a release: the next one starts again
-            previous = None
             continue
         parent = parents[0] if parents else None
-        rollback = record.get("rollback") if isinstance(record.get("rollback"), dict) else None
         rollback_to = None
-        if previous is None:
+        if first_kind == "deploy":
             kind, text = "deploy", f"Deploy {str(record.get('commit') or '')[:12]}"
-        elif rollback and rollback != previous.get("rollback"):
-            rollback_to = int(rollback.get("version", 0))
+        elif first_kind == "rollback":
+            rollback_to = int(record["rollback"].get("version", 0))
             kind, text = "rollback", f"Rollback to v{rollback_to}"
-        elif record.get("image") != previous.get("image"):
-            kind, text = "deploy", f"Deploy {str(record.get('commit') or '')[:12]}"
         else:
-            assert index in plain
             changed = [n for n in names if n.startswith(f"{layout.overlay}/")]
             scaled = parent is not None and replicas.get(parent) != replicas.get(sha)
             configured = any(p != layout.overlay_kustomization for p in changed)
-            kinds = [k for k, on in (("config", configured), ("scale", scaled)) if on]
-            kind = "+".join(kinds) or "render"
+            parts = [k for k, on in (("config", configured), ("scale", scaled)) if on]
+            kind = "+".join(parts) or "render"
             text = {"config": "Config change", "scale": "Scale", "config+scale": "Config change and scale",
                     "render": "Re-render"}[kind]
         number = None
@@ -137,21 +132,29 @@ def history_of(clone: CacheClone, head: str | None, layout: AppLayout) -> list[R
             version=len(entries) + 1, kind=kind, commit=str(record["commit"]) if record.get("commit") else None,
             image=str(record.get("image", "")), when=datetime.fromtimestamp(int(stamp or 0), UTC).isoformat(),
             gitops_commit=sha, pull_request=number, description=text, rollback_to=rollback_to))
-        previous = record
     return entries
 
 
-def _plain_changes(records: list[dict[str, Any] | None]) -> set[int]:
-    """Indexes of the releases that are neither a first deploy, a new image nor a rollback."""
-    plain: set[int] = set()
+def _release_kinds(records: list[dict[str, Any] | None]) -> list[str | None]:
+    """Per GitOps commit, from its release record and the one before: "deploy" (the first record, or a new
+    image), "rollback" (a new rollback mark), "change" (the same image: config, scale or a re-render, told
+    apart by the overlay), or None (no record)."""
+    kinds: list[str | None] = []
     previous: dict[str, Any] | None = None
-    for index, record in enumerate(records):
-        if record is not None and previous is not None and record.get("image") == previous.get("image"):
-            rollback = record.get("rollback") if isinstance(record.get("rollback"), dict) else None
-            if not (rollback and rollback != previous.get("rollback")):
-                plain.add(index)
+    for record in records:
+        rollback = (record or {}).get("rollback")
+        if record is None:
+            kinds.append(None)
+        elif previous is None:
+            kinds.append("deploy")
+        elif isinstance(rollback, dict) and rollback and rollback != previous.get("rollback"):
+            kinds.append("rollback")
+        elif record.get("image") != previous.get("image"):
+            kinds.append("deploy")
+        else:
+            kinds.append("change")
         previous = record
-    return plain
+    return kinds
 
 
 def _parsed(blob: bytes | None) -> dict[str, Any] | None:

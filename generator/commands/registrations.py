@@ -37,12 +37,13 @@ def read_registration(root: Path, control: ControlRepo, app: str) -> tuple[dict[
 
 def dump(raw: Mapping[str, Any], original: str = "") -> str:
     """``raw`` as YAML: a new file (no ``original``), or ``original`` changed to say ``raw``."""
+    fresh = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True, width=1_000_000)
     if not original.strip():
-        return yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True, width=1_000_000)
+        return fresh
     editor = _editor(original)
     document = editor.load(original)
     if not isinstance(document, CommentedMap):  # loading validated it as a mapping: only an empty file is not
-        return _header(original) + yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True, width=1_000_000)
+        return _header(original) + fresh
     _merge(document, raw)
     out = io.StringIO()
     editor.dump(document, out)

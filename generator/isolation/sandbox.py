@@ -220,37 +220,50 @@ class SpareHolders:
 
     def after_build(self, used: Holder | None, network: BuildNetwork) -> None:
         """In the background: remove the holder a build used, and start the next build's spare."""
-        self._background(lambda: self._replace(used, network))
+        def no_engine() -> None:  # its sockets go now; its container once this process ends (orphan clean-up)
+            if used is not None:
+                used.relay.close()
+                shutil.rmtree(used.directory, ignore_errors=True)
 
-    def _background(self, work: Callable[[], None]) -> None:
-        """Run ``work`` in a thread of its own that `close` waits for; after `close`, right here."""
-        thread = threading.Thread(target=work, name="cupaas-spare-holder", daemon=True)
+        self._background(lambda api: self._replace(api, used, network), no_engine)
+
+    def remove_later(self, container: str) -> None:
+        """Remove a finished container (a boot check's) in the background, off the deploy's path."""
+        def remove(api: docker.APIClient) -> None:
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                api.remove_container(container, force=True)
+
+        self._background(remove)
+
+    def _background(self, work: Callable[[docker.APIClient], None],
+                    no_engine: Callable[[], None] = lambda: None) -> None:
+        """Run ``work`` with an engine client of its own in a thread that `close` waits for (after `close`,
+        right here); ``no_engine`` instead when the engine cannot be reached."""
+        def run() -> None:
+            try:
+                try:
+                    api = self._connect()
+                except Exception:  # the engine is gone: the next build says so, with the reason
+                    logger.warning("could not reach the Docker engine for a build's clean-up", exc_info=True)
+                    no_engine()
+                    return
+                try:
+                    work(api)
+                finally:
+                    api.close()
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name="cupaas-spare-holder", daemon=True)
         with self._lock:
             closed = self._closed
             if not closed:
                 self._threads.add(thread)
         if closed:
-            work()
+            run()
         else:
             thread.start()
-
-    def remove_later(self, container: str) -> None:
-        """Remove a finished container (a boot check's) in the background, off the deploy's path."""
-        def remove() -> None:
-            try:
-                api = self._connect()
-            except Exception:
-                logger.warning("could not reach the Docker engine to remove container %s", container[:12])
-                self._done()
-                return
-            try:
-                with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-                    api.remove_container(container, force=True)
-            finally:
-                api.close()
-                self._done()
-
-        self._background(remove)
 
     def settle(self, timeout: float = 30.0) -> None:
         """Wait for the background work under way: removals done, the spare started (or given up)."""
@@ -277,43 +290,28 @@ class SpareHolders:
     def _key(self, network: BuildNetwork) -> _Key:
         return (network.helper_image, network.endpoints, self._relay_root)
 
-    def _replace(self, used: Holder | None, network: BuildNetwork) -> None:
+    def _replace(self, api: docker.APIClient, used: Holder | None, network: BuildNetwork) -> None:
         key = self._key(network)
-        try:
-            api = self._connect()
-        except Exception:  # the engine is gone: the next build says so, with the reason
-            logger.warning("could not reach the Docker engine to prepare the next build's holder", exc_info=True)
-            if used is not None:  # its sockets go now; its container once this process ends (orphan clean-up)
-                used.relay.close()
-                shutil.rmtree(used.directory, ignore_errors=True)
-            self._done()
+        if used is not None:
+            used.remove(api)
+        with self._lock:
+            wanted = not self._closed and key not in self._spares
+        if not wanted:
             return
         try:
-            if used is not None:
-                used.remove(api)
-            with self._lock:
-                wanted = not self._closed and key not in self._spares
-            if not wanted:
-                return
             spare = start_holder(api, network, lambda _line: None, self._relay_root)
-            with self._lock:
-                keep = not self._closed and key not in self._spares
-                evicted: list[Holder] = []
-                if keep:
-                    self._spares[key] = spare
-                    while len(self._spares) > MAX_SPARES:
-                        evicted.append(self._spares.pop(next(iter(self._spares))))
-            for holder in evicted if keep else [spare]:
-                holder.remove(api)
         except (CupaasError, docker.errors.APIError, requests.exceptions.RequestException, OSError) as e:
             logger.warning("could not prepare the next build's holder (the build will start its own): %s", e)
-        finally:
-            api.close()
-            self._done()
-
-    def _done(self) -> None:
+            return
         with self._lock:
-            self._threads.discard(threading.current_thread())
+            keep = not self._closed and key not in self._spares
+            evicted: list[Holder] = []
+            if keep:
+                self._spares[key] = spare
+                while len(self._spares) > MAX_SPARES:
+                    evicted.append(self._spares.pop(next(iter(self._spares))))
+        for holder in evicted if keep else [spare]:
+            holder.remove(api)
 
 
 class BuildSandbox:
